@@ -1,0 +1,10 @@
+"""Alembic environment: run by ca.store.migrate() with a live connection."""
+
+from alembic import context
+
+from ca.schema import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

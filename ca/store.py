@@ -1,0 +1,475 @@
+"""The certificate store: the only code that reads and writes the CA tables.
+
+SQLite (a file, the default) or PostgreSQL, the same schema, migrated by
+Alembic at open. Every method is one short transaction; nothing is kept in
+process memory, so any worker on any node sees the same state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ca.schema import authorities, certificates, crls
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class StoreError(Exception):
+    """The database cannot be reached or refused the operation."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def parse_serial(text: str) -> int:
+    """Accept 'ABCD', '0xabcd', 'ab:cd' and 'AB CD'; refuse anything else."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "").replace(" ", "")
+    if not cleaned or len(cleaned) > 42 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise ValueError(f"not a hexadecimal serial number: {text!r}")
+    return int(cleaned, 16)
+
+
+@dataclass(frozen=True)
+class AuthorityRecord:
+    id: int
+    name: str
+    kind: str
+    parent_id: int | None
+    key_label: str
+    sign_algorithm: str
+    certificate: bytes
+    ocsp_key_label: str | None
+    ocsp_certificate: bytes | None
+    crl_number: int
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    authority_id: int
+    authority: str
+    serial: int
+    status: str
+    subject: str
+    sans: tuple[str, ...]
+    device_id: str | None
+    profile: str
+    not_before: datetime
+    not_after: datetime
+    der: bytes | None
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    created_at: datetime
+
+    @property
+    def serial_hex(self) -> str:
+        return serial_hex(self.serial)
+
+
+@dataclass(frozen=True)
+class CrlRecord:
+    crl_number: int
+    this_update: datetime
+    next_update: datetime
+    der: bytes
+
+
+def _authority(row: Row[Any]) -> AuthorityRecord:
+    return AuthorityRecord(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        parent_id=row.parent_id,
+        key_label=row.key_label,
+        sign_algorithm=row.sign_algorithm,
+        certificate=bytes(row.certificate),
+        ocsp_key_label=row.ocsp_key_label,
+        ocsp_certificate=bytes(row.ocsp_certificate) if row.ocsp_certificate else None,
+        crl_number=row.crl_number,
+    )
+
+
+def _certificate(row: Row[Any]) -> CertificateRecord:
+    return CertificateRecord(
+        authority_id=row.authority_id,
+        authority=row.authority_name,
+        serial=int(row.serial, 16),
+        status=row.status,
+        subject=row.subject,
+        sans=tuple(json.loads(row.sans)),
+        device_id=row.device_id,
+        profile=row.profile,
+        not_before=utc(row.not_before),
+        not_after=utc(row.not_after),
+        der=bytes(row.der) if row.der is not None else None,
+        revoked_at=utc(row.revoked_at) if row.revoked_at is not None else None,
+        revocation_reason=row.revocation_reason,
+        created_at=utc(row.created_at),
+    )
+
+
+_CERT_COLUMNS = (
+    certificates.c.authority_id,
+    authorities.c.name.label("authority_name"),
+    certificates.c.serial,
+    certificates.c.status,
+    certificates.c.subject,
+    certificates.c.sans,
+    certificates.c.device_id,
+    certificates.c.profile,
+    certificates.c.not_before,
+    certificates.c.not_after,
+    certificates.c.der,
+    certificates.c.revoked_at,
+    certificates.c.revocation_reason,
+    certificates.c.created_at,
+)
+
+
+def sqlite_url_for(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+class Store:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            # Pooled per process; after_fork() drops what a parent left behind.
+            self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
+            sync = sqlite_synchronous.upper()
+            if sync not in ("FULL", "NORMAL", "EXTRA"):
+                raise StoreError("sqlite synchronous must be FULL, NORMAL or EXTRA")
+
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA synchronous={sync}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=4)
+
+    @classmethod
+    def open(cls, url: str, **kwargs: Any) -> "Store":
+        store = cls(url, **kwargs)
+        store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except OperationalError as exc:
+            raise StoreError(f"cannot open the database: {exc.orig}") from None
+
+    def after_fork(self) -> None:
+        """Forget pooled connections inherited from a parent process without closing them."""
+        self.engine.dispose(close=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _begin(self) -> Any:
+        return self.engine.begin()
+
+    # -- authorities -------------------------------------------------------
+
+    def add_authority(
+        self,
+        *,
+        name: str,
+        kind: str,
+        parent_id: int | None,
+        key_label: str,
+        sign_algorithm: str,
+        certificate: bytes,
+    ) -> AuthorityRecord:
+        try:
+            with self._begin() as conn:
+                conn.execute(
+                    insert(authorities).values(
+                        name=name,
+                        kind=kind,
+                        parent_id=parent_id,
+                        key_label=key_label,
+                        sign_algorithm=sign_algorithm,
+                        certificate=certificate,
+                        crl_number=0,
+                        created_at=now(),
+                    )
+                )
+        except IntegrityError:
+            raise Conflict(f"a CA named {name!r} exists already") from None
+        return self.authority(name)
+
+    def set_ocsp_signer(self, authority_id: int, key_label: str, certificate: bytes) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                update(authorities)
+                .where(authorities.c.id == authority_id)
+                .values(ocsp_key_label=key_label, ocsp_certificate=certificate)
+            )
+
+    def authority(self, name: str) -> AuthorityRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(authorities).where(authorities.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no CA named {name!r}")
+        return _authority(row)
+
+    def authority_by_id(self, authority_id: int) -> AuthorityRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(authorities).where(authorities.c.id == authority_id)).first()
+        if row is None:
+            raise NotFound(f"no CA with id {authority_id}")
+        return _authority(row)
+
+    def list_authorities(self) -> list[AuthorityRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(authorities).order_by(authorities.c.id)).all()
+        return [_authority(r) for r in rows]
+
+    # -- issuance ----------------------------------------------------------
+
+    def reserve_serial(
+        self,
+        *,
+        authority_id: int,
+        serial: int,
+        tbs: bytes,
+        subject: str,
+        sans: Sequence[str],
+        device_id: str | None,
+        profile: str,
+        not_before: datetime,
+        not_after: datetime,
+    ) -> None:
+        """Record a certificate about to be signed. Conflict on a serial reuse."""
+        try:
+            with self._begin() as conn:
+                conn.execute(
+                    insert(certificates).values(
+                        authority_id=authority_id,
+                        serial=serial_hex(serial),
+                        status="signing",
+                        subject=subject,
+                        sans=json.dumps(list(sans)),
+                        device_id=device_id,
+                        profile=profile,
+                        not_before=not_before,
+                        not_after=not_after,
+                        tbs=tbs,
+                        created_at=now(),
+                    )
+                )
+        except IntegrityError:
+            raise Conflict(f"serial {serial_hex(serial)} is taken") from None
+
+    def _set_signed_state(self, authority_id: int, serial: int, **values: Any) -> None:
+        with self._begin() as conn:
+            result = conn.execute(
+                update(certificates)
+                .where(
+                    certificates.c.authority_id == authority_id,
+                    certificates.c.serial == serial_hex(serial),
+                    certificates.c.status == "signing",
+                )
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                raise Conflict(f"serial {serial_hex(serial)} is not awaiting its signature")
+
+    def complete_issuance(self, authority_id: int, serial: int, der: bytes) -> None:
+        self._set_signed_state(authority_id, serial, status="valid", der=der)
+
+    def fail_issuance(self, authority_id: int, serial: int) -> None:
+        """The token refused or produced a bad signature: nothing was issued."""
+        self._set_signed_state(authority_id, serial, status="failed")
+
+    # -- lookups -----------------------------------------------------------
+
+    def _select_certificates(self) -> Any:
+        return select(*_CERT_COLUMNS).join(
+            authorities, authorities.c.id == certificates.c.authority_id
+        )
+
+    def certificate(self, serial: int, authority: str | None = None) -> CertificateRecord:
+        query = self._select_certificates().where(certificates.c.serial == serial_hex(serial))
+        if authority is not None:
+            query = query.where(authorities.c.name == authority)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            raise NotFound(f"no certificate with serial {serial_hex(serial)}")
+        if len(rows) > 1:
+            raise Conflict(
+                f"serial {serial_hex(serial)} exists under several CAs; name the CA"
+            )
+        return _certificate(rows[0])
+
+    def certificates(
+        self,
+        *,
+        authority: str | None = None,
+        status: str | None = None,
+        subject_contains: str | None = None,
+        device_id: str | None = None,
+        expiring_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CertificateRecord]:
+        query = self._select_certificates().order_by(certificates.c.id)
+        if authority is not None:
+            query = query.where(authorities.c.name == authority)
+        if status is not None:
+            query = query.where(certificates.c.status == status)
+        if subject_contains is not None:
+            query = query.where(certificates.c.subject.contains(subject_contains, autoescape=True))
+        if device_id is not None:
+            query = query.where(certificates.c.device_id == device_id)
+        if expiring_before is not None:
+            query = query.where(certificates.c.not_after < expiring_before)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return (_certificate(r) for r in rows)
+
+    def status_row(self, authority_id: int, serial: int) -> tuple[str, datetime | None, str | None] | None:
+        """(status, revoked_at, reason) for OCSP, or None when never issued."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    certificates.c.status,
+                    certificates.c.revoked_at,
+                    certificates.c.revocation_reason,
+                ).where(
+                    certificates.c.authority_id == authority_id,
+                    certificates.c.serial == serial_hex(serial),
+                )
+            ).first()
+        if row is None:
+            return None
+        revoked_at = utc(row.revoked_at) if row.revoked_at is not None else None
+        return row.status, revoked_at, row.revocation_reason
+
+    # -- revocation --------------------------------------------------------
+
+    def set_revocation(
+        self,
+        authority_id: int,
+        serial: int,
+        *,
+        status: str,
+        revoked_at: datetime | None,
+        reason: str | None,
+        allowed_from: Sequence[str],
+    ) -> None:
+        with self._begin() as conn:
+            result = conn.execute(
+                update(certificates)
+                .where(
+                    certificates.c.authority_id == authority_id,
+                    certificates.c.serial == serial_hex(serial),
+                    certificates.c.status.in_(list(allowed_from)),
+                )
+                .values(status=status, revoked_at=revoked_at, revocation_reason=reason)
+            )
+            if result.rowcount != 1:
+                raise Conflict(f"certificate {serial_hex(serial)} is not in state {'/'.join(allowed_from)}")
+
+    def revoked_entries(self, authority_id: int) -> list[tuple[int, datetime, str]]:
+        """Revoked and on-hold certificates that have not expired, for the CRL."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    certificates.c.serial,
+                    certificates.c.revoked_at,
+                    certificates.c.revocation_reason,
+                ).where(
+                    certificates.c.authority_id == authority_id,
+                    certificates.c.status.in_(["revoked", "hold"]),
+                    certificates.c.not_after > now(),
+                ).order_by(certificates.c.id)
+            ).all()
+        return [(int(r.serial, 16), utc(r.revoked_at), r.revocation_reason) for r in rows]
+
+    # -- CRLs ----------------------------------------------------------------
+
+    def next_crl_number(self, authority_id: int) -> int:
+        """Atomically take the next CRL number (RFC 5280 §5.2.3: monotonic)."""
+        with self._begin() as conn:
+            value = conn.execute(
+                update(authorities)
+                .where(authorities.c.id == authority_id)
+                .values(crl_number=authorities.c.crl_number + 1)
+                .returning(authorities.c.crl_number)
+            ).scalar_one()
+        return int(value)
+
+    def save_crl(self, authority_id: int, crl: CrlRecord) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                insert(crls).values(
+                    authority_id=authority_id,
+                    crl_number=crl.crl_number,
+                    this_update=crl.this_update,
+                    next_update=crl.next_update,
+                    der=crl.der,
+                )
+            )
+
+    def latest_crl(self, authority_id: int) -> CrlRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(crls)
+                .where(crls.c.authority_id == authority_id)
+                .order_by(crls.c.crl_number.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        return CrlRecord(
+            crl_number=row.crl_number,
+            this_update=utc(row.this_update),
+            next_update=utc(row.next_update),
+            der=bytes(row.der),
+        )
+
+    def count_certificates(self, status: str | None = None) -> int:
+        query = select(func.count()).select_from(certificates)
+        if status is not None:
+            query = query.where(certificates.c.status == status)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
