@@ -23,7 +23,9 @@ ISSUING_VALIDITY_DAYS = 10 * 365
 
 
 def ca_key_label(name: str) -> str:
-    return f"ztpki-ca-{name}"
+    # A random suffix: a re-run after a failed init, a CA rollover or a
+    # second instance on a shared HSM never collides with an existing key.
+    return f"ztpki-ca-{name}-{secrets.token_hex(4)}"
 
 
 def _new_key(cas: CertificateAuthorities, label: str, key_type: KeyType) -> object:

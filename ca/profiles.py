@@ -112,8 +112,14 @@ class Profile:
             if exponent < 65537 or exponent % 2 == 0:
                 raise PolicyViolation(f"RSA public exponent {exponent} is not allowed")
 
-    def key_usage_extension(self) -> x509.KeyUsage:
+    def key_usage_extension(self, public_key: object) -> x509.KeyUsage:
         flags = {usage: usage in self.key_usage for usage in KEY_USAGES}
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            # RFC 8813 §3: EC keys cannot encipher; a profile shared by RSA
+            # and EC devices keeps keyEncipherment for the RSA ones only.
+            flags["key_encipherment"] = flags["data_encipherment"] = False
+        else:
+            flags["key_agreement"] = False
         # RFC 5280 §4.2.1.3: a CA certificate asserts keyCertSign and cRLSign.
         return x509.KeyUsage(
             digital_signature=flags["digital_signature"],

@@ -7,6 +7,7 @@ let the token sign those.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Protocol
 
@@ -26,19 +27,39 @@ class Signer(Protocol):
 
 
 @lru_cache(maxsize=1)
-def _scratch_key() -> ec.EllipticCurvePrivateKey:
+def scratch_key() -> ec.EllipticCurvePrivateKey:
     # Never signs anything that leaves the process: its signatures are
     # discarded, only the TBS bytes it produced are kept.
     return ec.generate_private_key(ec.SECP256R1())
 
 
+@lru_cache(maxsize=1)
+def scratch_certificate() -> x509.Certificate:
+    """A certificate for the scratch key: cryptography's OCSP builder insists
+    the responder certificate matches the signing key; ca/ocsp.py then puts
+    the real responder's id into the response data."""
+    key = scratch_key()
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "scratch")])
+    start = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
 def tbs_certificate(builder: x509.CertificateBuilder, algorithm: SignAlgorithm) -> bytes:
-    scratch = builder.sign(_scratch_key(), hashes.SHA256())
+    scratch = builder.sign(scratch_key(), hashes.SHA256())
     return der.tbs_certificate_with_algorithm(scratch.tbs_certificate_bytes, algorithm)
 
 
 def tbs_crl(builder: x509.CertificateRevocationListBuilder, algorithm: SignAlgorithm) -> bytes:
-    scratch = builder.sign(_scratch_key(), hashes.SHA256())
+    scratch = builder.sign(scratch_key(), hashes.SHA256())
     return der.tbs_crl_with_algorithm(scratch.tbs_certlist_bytes, algorithm)
 
 

@@ -153,7 +153,7 @@ def build_template(
             x509.BasicConstraints(ca=profile.is_ca, path_length=profile.path_length),
             critical=True,
         )
-        .add_extension(profile.key_usage_extension(), critical=True)
+        .add_extension(profile.key_usage_extension(order.public_key), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(order.public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer.ski),

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from ca.profiles import PolicyViolation, ProfileError, default_profiles, parse_profiles
+
+MINIMAL = """
+[profiles.x]
+validity_days = 30
+key_types = ["ec-p256"]
+key_usage = ["digital_signature"]
+extended_key_usage = ["client_auth"]
+subject_attributes = ["CN"]
+san_types = ["dns"]
+"""
+
+
+def test_default_profiles_have_every_profile_the_flows_need() -> None:
+    profiles = default_profiles()
+    assert {"server", "client", "enb", "ucpe", "phone", "ocsp-signer"} <= set(profiles)
+    assert profiles["ocsp-signer"].ocsp_no_check
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("validity_days = 30", "validity_days = 0"),
+        ('key_types = ["ec-p256"]', 'key_types = ["rsa-1024"]'),
+        ('extended_key_usage = ["client_auth"]', 'extended_key_usage = ["bogus"]'),
+        ('san_types = ["dns"]', 'san_types = ["x400"]'),
+        ('subject_attributes = ["CN"]', 'subject_attributes = ["XX"]'),
+        ("validity_days = 30", "validity_days = 30\nfoo = 1"),
+        ("validity_days = 30", "validity_days = 30\nlint = 'yes'"),
+    ],
+)
+def test_a_wrong_profile_file_is_refused_with_a_clear_message(change: str, message: str) -> None:
+    with pytest.raises(ProfileError, match="profile 'x'"):
+        parse_profiles(MINIMAL.replace(change, message))
+
+
+def test_broken_toml_is_a_profile_error() -> None:
+    with pytest.raises(ProfileError):
+        parse_profiles("[profiles.x\n")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        rsa.generate_private_key(65537, 1024).public_key(),
+        ec.generate_private_key(ec.SECP521R1()).public_key(),
+        ec.generate_private_key(ec.SECP256K1()).public_key(),
+        ed25519.Ed25519PrivateKey.generate().public_key(),
+    ],
+    ids=["rsa-1024", "p-521", "secp256k1", "ed25519"],
+)
+def test_keys_outside_the_profile_are_refused(key: object) -> None:
+    with pytest.raises(PolicyViolation, match="not allowed"):
+        default_profiles()["server"].check_public_key(key)
+
+
+def test_allowed_keys_pass() -> None:
+    profile = default_profiles()["server"]
+    profile.check_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+    profile.check_public_key(rsa.generate_private_key(65537, 2048).public_key())

@@ -1,0 +1,70 @@
+"""Wiring an instance together: settings → store, token, CAs, revocation, OCSP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+
+from ca.issuer import CertificateAuthorities, UrlScheme
+from ca.ocsp import OcspResponder
+from ca.profiles import load_profiles
+from ca.revocation import CrlPolicy, Revocations
+from ca.store import Store
+from hsm import Token
+from ztpki.config import Settings, load_settings
+
+
+class Instance:
+    """One ztpki instance (a home directory). Parts are built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @classmethod
+    def open(cls, home: Path) -> "Instance":
+        return cls(load_settings(home))
+
+    @cached_property
+    def store(self) -> Store:
+        return Store.open(
+            self.settings.database_url(), sqlite_synchronous=self.settings.sqlite_synchronous
+        )
+
+    @cached_property
+    def token(self) -> Token:
+        return Token(self.settings.token_config())
+
+    @cached_property
+    def cas(self) -> CertificateAuthorities:
+        return CertificateAuthorities(
+            self.store,
+            self.token,
+            load_profiles(self.settings.profiles_path),
+            UrlScheme(self.settings.base_url),
+            default_ca=self.settings.default_ca,
+        )
+
+    @cached_property
+    def revocations(self) -> Revocations:
+        return Revocations(
+            self.cas,
+            CrlPolicy(
+                validity=timedelta(hours=self.settings.crl_validity_hours),
+                refresh=timedelta(minutes=self.settings.crl_refresh_minutes),
+            ),
+        )
+
+    @cached_property
+    def ocsp(self) -> OcspResponder:
+        return OcspResponder(
+            self.cas,
+            validity=timedelta(minutes=self.settings.ocsp_validity_minutes),
+            refresh=timedelta(seconds=self.settings.ocsp_refresh_seconds),
+        )
+
+    def close(self) -> None:
+        if "token" in self.__dict__:
+            self.token.close()
+        if "store" in self.__dict__:
+            self.store.close()

@@ -1,0 +1,189 @@
+"""Instance configuration: HOME/ztpki.toml, written by `ztpki init`.
+
+HOME/
+  ztpki.toml       this file's data
+  profiles.toml    certificate profiles (ca/default_profiles.toml at init)
+  token.pin        the token user PIN (0600), unless the PIN comes from elsewhere
+  softhsm2.conf, tokens/   the instance's own SoftHSM2 token, when no module is configured
+  ztpki.db         the SQLite store, unless `database` names PostgreSQL
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from hsm import HsmConfigError, TokenConfig
+
+CONFIG_NAME = "ztpki.toml"
+PIN_ENV = "ZTPKI_TOKEN_PIN"
+DEFAULT_PORT = 8080
+
+
+class ConfigError(ValueError):
+    """The instance home or its configuration is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    module: str | None = None
+    label: str = "ztpki"
+    uri: str | None = None
+    pin_file: str | None = "token.pin"
+    pin_env: str | None = None
+    softhsm_conf: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    base_url: str
+    default_ca: str
+    database: str
+    token: TokenSettings
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    workers: int = 2
+    sqlite_synchronous: str = "FULL"
+    crl_validity_hours: int = 24
+    crl_refresh_minutes: int = 60
+    ocsp_validity_minutes: int = 60
+    ocsp_refresh_seconds: int = 300
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def profiles_path(self) -> Path:
+        return self.home / "profiles.toml"
+
+    def database_url(self) -> str:
+        if self.database.startswith("sqlite:///") and not self.database.startswith("sqlite:////"):
+            relative = self.database.removeprefix("sqlite:///")
+            return f"sqlite:///{(self.home / relative).resolve()}"
+        return self.database
+
+    def token_config(self) -> TokenConfig:
+        """The token to open; the PIN from ZTPKI_TOKEN_PIN, pin_env, the URI or pin_file."""
+        t = self.token
+        pin = os.environ.get(PIN_ENV)
+        pin_file = str(self.home / t.pin_file) if t.pin_file else None
+        if pin_file and not Path(pin_file).exists():
+            pin_file = None
+        softhsm_conf = str(self.home / t.softhsm_conf) if t.softhsm_conf else None
+        try:
+            if t.uri:
+                return TokenConfig.from_uri(
+                    t.uri,
+                    module=t.module,
+                    pin=pin,
+                    pin_env=t.pin_env,
+                    pin_file=None if pin else pin_file,
+                    softhsm_conf=softhsm_conf,
+                )
+            if t.module is None:
+                raise ConfigError("no PKCS#11 module configured in [token]")
+            if pin is None and t.pin_env:
+                pin = os.environ.get(t.pin_env)
+            if pin is None and pin_file:
+                pin = Path(pin_file).read_text(encoding="utf-8").strip()
+            if not pin:
+                raise ConfigError(
+                    f"no token PIN: set {PIN_ENV}, or [token] pin_env, or put it in {self.home / 'token.pin'}"
+                )
+            return TokenConfig(
+                module=t.module, token_label=t.label, pin=pin, softhsm_conf=softhsm_conf
+            )
+        except HsmConfigError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def to_toml(self) -> str:
+        token = {k: v for k, v in vars(self.token).items() if v is not None}
+        data = {
+            "instance": {
+                "base_url": self.base_url,
+                "default_ca": self.default_ca,
+                "database": self.database,
+                "sqlite_synchronous": self.sqlite_synchronous,
+            },
+            "token": token,
+            "serve": {"host": self.host, "port": self.port, "workers": self.workers},
+            "crl": {
+                "validity_hours": self.crl_validity_hours,
+                "refresh_minutes": self.crl_refresh_minutes,
+            },
+            "ocsp": {
+                "validity_minutes": self.ocsp_validity_minutes,
+                "refresh_seconds": self.ocsp_refresh_seconds,
+            },
+            **self.extra,
+        }
+        return tomli_w.dumps(data)
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _typed(section: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = section.get(key, default)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"[{where}] {key} must be a {kind.__name__}")
+    return value
+
+
+def load_settings(home: Path) -> Settings:
+    path = home / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{home} is not a ztpki instance (no {CONFIG_NAME}); run `ztpki init --home {home}`")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    instance = _section(data, "instance")
+    token = _section(data, "token")
+    serve = _section(data, "serve")
+    crl = _section(data, "crl")
+    ocsp = _section(data, "ocsp")
+    known = {"instance", "token", "serve", "crl", "ocsp"}
+    return Settings(
+        home=home.resolve(),
+        base_url=_typed(instance, "base_url", str, f"http://127.0.0.1:{DEFAULT_PORT}", "instance"),
+        default_ca=_typed(instance, "default_ca", str, "issuing", "instance"),
+        database=_typed(instance, "database", str, "sqlite:///ztpki.db", "instance"),
+        sqlite_synchronous=_typed(instance, "sqlite_synchronous", str, "FULL", "instance"),
+        token=TokenSettings(
+            module=_typed(token, "module", str, None, "token"),
+            label=_typed(token, "label", str, "ztpki", "token"),
+            uri=_typed(token, "uri", str, None, "token"),
+            pin_file=_typed(token, "pin_file", str, None, "token"),
+            pin_env=_typed(token, "pin_env", str, None, "token"),
+            softhsm_conf=_typed(token, "softhsm_conf", str, None, "token"),
+        ),
+        host=_typed(serve, "host", str, "127.0.0.1", "serve"),
+        port=_typed(serve, "port", int, DEFAULT_PORT, "serve"),
+        workers=_typed(serve, "workers", int, 2, "serve"),
+        crl_validity_hours=_typed(crl, "validity_hours", int, 24, "crl"),
+        crl_refresh_minutes=_typed(crl, "refresh_minutes", int, 60, "crl"),
+        ocsp_validity_minutes=_typed(ocsp, "validity_minutes", int, 60, "ocsp"),
+        ocsp_refresh_seconds=_typed(ocsp, "refresh_seconds", int, 300, "ocsp"),
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def write_settings(settings: Settings) -> None:
+    path = settings.home / CONFIG_NAME
+    path.write_text(settings.to_toml(), encoding="utf-8")
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Create a 0600 file holding a secret (never world-readable, not even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
