@@ -99,7 +99,7 @@ def order_from_csr(
         ca=ca,
         profile=profile.name,
         subject=csr.subject,
-        public_key=public_key,  # type: ignore[arg-type]
+        public_key=public_key,
         sans=sans,
         device_id=device_id,
         validity_days=validity_days,

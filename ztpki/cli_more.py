@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import click
 from cryptography import x509
@@ -26,7 +26,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @click.pass_context
     def ca_list(ctx: click.Context, as_json: bool) -> None:
         instance = get_instance(ctx)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for record in instance.store.list_authorities():
             certificate = x509.load_der_x509_certificate(record.certificate)
             rows.append({
