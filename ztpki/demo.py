@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def prepare_demo(directory: Path, *, port: int) -> dict[str, Any]:
 
 def instructions(info: dict[str, Any]) -> str:
     home = info["home"]
+    ztpki = Path(sys.executable).parent / "ztpki"
     good = info["examples"]["good_certificate"]["cert"]
     revoked = info["examples"]["revoked_certificate"]["cert"]
     return f"""
@@ -85,7 +87,7 @@ Instance: {home}     demo.json: {home}/demo.json
 Issue a certificate from a CSR made by openssl:
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /tmp/srv.key \\
       -subj "/O=Example/CN=gw1.example.net" -out /tmp/srv.csr
-  .venv/bin/ztpki --home {home} issue --csr /tmp/srv.csr --profile server --out /tmp/srv.pem
+  {ztpki} --home {home} issue --csr /tmp/srv.csr --profile server --out /tmp/srv.pem
   openssl verify -CAfile {info['root_ca']} -untrusted {info['issuing_ca']} /tmp/srv.pem
 
 Ask OCSP (the URL is in the certificate's AIA):
@@ -93,8 +95,8 @@ Ask OCSP (the URL is in the certificate's AIA):
   openssl ocsp -issuer {info['issuing_ca']} -cert {revoked} -url {info['ocsp_url']} -CAfile {info['root_ca']}
 
 Revoke, then ask again (OCSP says revoked at once):
-  .venv/bin/ztpki --home {home} certs list
-  .venv/bin/ztpki --home {home} revoke SERIAL --reason keyCompromise
+  {ztpki} --home {home} certs list
+  {ztpki} --home {home} revoke SERIAL --reason keyCompromise
 
 Fetch and check the CRL:
   curl -s {info['crl_url']} | openssl crl -inform DER -noout -text
