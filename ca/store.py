@@ -157,42 +157,57 @@ def sqlite_url_for(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-class Store:
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            # Pooled per process; after_fork() drops what a parent left behind.
-            self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
-            sync = sqlite_synchronous.upper()
-            if sync not in ("FULL", "NORMAL", "EXTRA"):
-                raise StoreError("sqlite synchronous must be FULL, NORMAL or EXTRA")
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """One engine per process for every package's tables (ca, vendor_trust, ra)."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=4)
+    sync = sqlite_synchronous.upper()
+    if sync not in ("FULL", "NORMAL", "EXTRA"):
+        raise StoreError("sqlite synchronous must be FULL, NORMAL or EXTRA")
+    # Pooled per process; Store.after_fork() drops what a parent left behind.
+    engine = create_engine(url, connect_args={"timeout": 30})
 
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute(f"PRAGMA synchronous={sync}")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.close()
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={sync}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def run_migrations(engine: Engine, script_location: Path, version_table: str) -> None:
+    """Upgrade one package's tables to head; each package keeps its own history."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.attributes["version_table"] = version_table
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        raise StoreError(f"cannot open the database: {exc.orig}") from None
+
+
+class Store:
+    def __init__(self, url_or_engine: str | Engine, *, sqlite_synchronous: str = "FULL") -> None:
+        if isinstance(url_or_engine, str):
+            self.engine = make_engine(url_or_engine, sqlite_synchronous=sqlite_synchronous)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=4)
+            self.engine = url_or_engine
+        self.url = str(self.engine.url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
 
     @classmethod
-    def open(cls, url: str, **kwargs: Any) -> "Store":
-        store = cls(url, **kwargs)
+    def open(cls, url_or_engine: str | Engine, **kwargs: Any) -> "Store":
+        store = cls(url_or_engine, **kwargs)
         store.migrate()
         return store
 
     def migrate(self) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        try:
-            with self.engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
-        except OperationalError as exc:
-            raise StoreError(f"cannot open the database: {exc.orig}") from None
+        run_migrations(self.engine, MIGRATIONS, "alembic_version")
 
     def after_fork(self) -> None:
         """Forget pooled connections inherited from a parent process without closing them."""

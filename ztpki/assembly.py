@@ -10,7 +10,10 @@ from ca.issuer import CertificateAuthorities, UrlScheme
 from ca.ocsp import OcspResponder
 from ca.profiles import load_profiles
 from ca.revocation import CrlPolicy, Revocations
-from ca.store import Store
+import ra.db
+import vendor_trust.db
+from ca.store import Store, make_engine
+from sqlalchemy import Engine
 from hsm import Token
 from ztpki.config import Settings, load_settings
 
@@ -26,10 +29,19 @@ class Instance:
         return cls(load_settings(home))
 
     @cached_property
-    def store(self) -> Store:
-        return Store.open(
+    def engine(self) -> Engine:
+        """The one database engine of this process, every package's tables migrated."""
+        engine = make_engine(
             self.settings.database_url(), sqlite_synchronous=self.settings.sqlite_synchronous
         )
+        Store(engine).migrate()
+        vendor_trust.db.migrate(engine)
+        ra.db.migrate(engine)
+        return engine
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.engine)
 
     @cached_property
     def token(self) -> Token:
@@ -66,5 +78,5 @@ class Instance:
     def close(self) -> None:
         if "token" in self.__dict__:
             self.token.close()
-        if "store" in self.__dict__:
-            self.store.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()

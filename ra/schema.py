@@ -1,0 +1,73 @@
+"""ra tables (SQLAlchemy Core); migrations in ra/migrations, version table
+alembic_version_ra."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text
+
+metadata = MetaData()
+TZ = DateTime(timezone=True)
+
+# Every request the core answered with "pending", and every transaction it
+# issued for, so a retry gets the same answer (idempotency) and an admin can
+# approve or reject what waits.
+enrolment_requests = Table(
+    "enrolment_requests",
+    metadata,
+    Column("id", String(36), primary_key=True),  # UUID, shown to admins and devices
+    Column("transaction_key", String(255), nullable=False, unique=True),  # protocol:transaction id
+    Column("protocol", String(16), nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("device_serial", String(128)),
+    Column("ca", String(64)),
+    Column("profile", String(64)),
+    Column("status", String(16), nullable=False),  # pending | approved | rejected | issued | failed
+    Column("request", LargeBinary, nullable=False),  # the whole request (JSON + DER parts)
+    Column("certificate_serial", String(42)),
+    Column("reject_reason", String(32)),
+    Column("reject_text", Text),
+    Column("created_at", TZ, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    Column("decided_by", String(128)),
+    Index("ix_enrolment_requests_status", "status"),
+    Index("ix_enrolment_requests_device", "device_serial"),
+)
+
+# Append-only audit log, each record chained to the previous by SHA-256.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", TZ, nullable=False),
+    Column("actor", String(128), nullable=False),  # device serial, admin name, or "anonymous"
+    Column("protocol", String(16), nullable=False),
+    Column("operation", String(32), nullable=False),
+    Column("device", String(128)),
+    Column("evidence", Text, nullable=False),  # JSON list of what authenticated the request
+    Column("outcome", String(16), nullable=False),  # issued | pending | rejected | revoked | admin
+    Column("reason", String(64)),
+    Column("serial", String(42)),
+    Column("details", Text, nullable=False),  # JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_device", "device"),
+)
+
+# The head of the audit chain: one row, updated in the same transaction as
+# each append, so concurrent writers serialise on it.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# Fixed-window counters for rate limits (per device, global).
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)
