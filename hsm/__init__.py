@@ -1,0 +1,90 @@
+"""CA keys in a PKCS#11 token: the only part of ztpki that talks PKCS#11.
+
+Everything above this package asks one question, "sign these bytes with key
+K", through :class:`Token` and :class:`KeySigner`. No python-pkcs11 type or
+exception crosses this boundary; errors are :class:`HsmError` subclasses
+whose messages never contain the PIN.
+
+Design
+======
+
+Module state (``_module.py``)
+    One :class:`_module.Module` per module file (symlinks resolved, because
+    dlopen shares one copy of the library between them). It calls
+    ``C_Initialize`` itself, through ctypes, with ``CKF_OS_LOCKING_OK``:
+    python-pkcs11 0.10 passes ``NULL``, which lets a module assume a single
+    thread, and SoftHSM2 then disables its internal locks and crashes under
+    concurrent signing. The python-pkcs11 ``lib`` object is created without
+    its ``__init__`` so that it never initialises the module a second time.
+    Should a module refuse OS locking, every call into it is serialised.
+
+    The module keeps a *generation* counter, bumped whenever its PKCS#11
+    state is reset (re-initialisation, fork). Every session pool remembers
+    the generation it was opened under and is abandoned when that changes.
+
+One login, a pool of sessions (``token.py``)
+    PKCS#11 login state belongs to the application, not to a session: a
+    Token logs in once (``C_Login`` on its first session, with
+    ``CKR_USER_ALREADY_LOGGED_IN`` treated as success, as happens when two
+    Token objects share a token) and further sessions inherit it. A session
+    runs one operation at a time, so each operation borrows a session from a
+    LIFO pool that grows on demand up to ``max_sessions`` and then makes
+    callers wait. Each session caches its key objects by label, so the
+    steady state of ``sign`` is: borrow a session, one ``C_SignInit`` and
+    ``C_Sign``, give the session back; no login and no object search.
+    Generating a key bumps the pool's epoch, which empties those caches.
+
+Recovery
+    When an operation fails because the session, the login or the module
+    state went away (session handle invalid, device removed, not logged in,
+    module not initialised, ...), the pool is abandoned, the Token logs in
+    again on fresh sessions and the operation is retried once; a second
+    failure raises :class:`TokenUnavailable`. Abandoned sessions are never
+    closed, because after a reset their handle numbers may already belong
+    to new sessions. A stale key handle only empties the key caches. A wrong
+    PIN is never retried, so a retry cannot lock the token.
+
+Fork (pre-forking servers such as gunicorn)
+    ``os.register_at_fork`` and a pid check make a child drop every session,
+    pool and lock it inherited, without one PKCS#11 call on the parent's
+    handles. On first use the child calls ``C_Initialize``; a module that
+    did not notice the fork answers ``CKR_CRYPTOKI_ALREADY_INITIALIZED``, and
+    only then does the child call ``C_Finalize`` first, which for an
+    in-process module such as SoftHSM2 discards only the child's copy of the
+    state. The child then logs in afresh. The parent is unaffected.
+
+Several SoftHSM2 homes in one process
+    A process has one copy of a module, and SoftHSM2 reads ``SOFTHSM2_CONF``
+    only in ``C_Initialize``. A Token whose ``softhsm_conf`` differs from the
+    one the module was initialised with re-initialises the module
+    (``C_Finalize``, point ``SOFTHSM2_CONF`` at its file, ``C_Initialize``).
+    Limitation: that pulls the sessions away from every other Token on the
+    same module file; such a Token notices the generation change and
+    reopens (and re-initialises back to its own home) on its next use. This
+    is meant for tests and the CLI using homes one after another; Tokens of
+    different homes must not be used concurrently from several threads.
+"""
+
+from __future__ import annotations
+
+from .algorithms import KeyInfo, KeyType, SignAlgorithm, default_sign_algorithm
+from .config import TokenConfig
+from .errors import HsmConfigError, HsmError, KeyExists, KeyNotFound, TokenUnavailable
+from .softhsm import ensure_softhsm_token
+from .token import KeySigner, Token
+
+__all__ = [
+    "HsmConfigError",
+    "HsmError",
+    "KeyExists",
+    "KeyInfo",
+    "KeyNotFound",
+    "KeySigner",
+    "KeyType",
+    "SignAlgorithm",
+    "Token",
+    "TokenConfig",
+    "TokenUnavailable",
+    "default_sign_algorithm",
+    "ensure_softhsm_token",
+]

@@ -1,0 +1,365 @@
+"""Token: sessions, login, key lookup and the signing operations ca/ builds on."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pkcs11
+import pkcs11.exceptions as p11e
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from . import _keys
+from ._module import CKR_OK, Module, get_module, rv_name
+from .algorithms import KeyInfo, KeyType, SignAlgorithm, default_sign_algorithm
+from .config import TokenConfig
+from .errors import HsmError, KeyExists, KeyNotFound, TokenUnavailable, error_name, is_session_loss, translate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors meaning only that cached object handles are stale (a key was
+# deleted or recreated by another process); the sessions themselves are fine.
+_STALE = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
+
+
+class _Session:
+    __slots__ = ("p11", "keys", "epoch")
+
+    def __init__(self, p11: pkcs11.Session, epoch: int) -> None:
+        self.p11 = p11
+        self.keys: dict[str, _keys.KeyObjects] = {}
+        self.epoch = epoch
+
+
+class _Pool:
+    """Sessions opened under one module generation, all sharing one login."""
+
+    def __init__(self, generation: int, p11_token: pkcs11.Token) -> None:
+        self.generation = generation
+        self.p11_token = p11_token
+        self.idle: list[_Session] = []
+        self.size = 0
+        # Bumped to make every session forget its cached key objects.
+        self.epoch = 0
+        self.dead = False
+        self.closed = False
+
+
+class Token:
+    """A logged-in PKCS#11 token; thread-safe, fork-safe, opened lazily."""
+
+    def __init__(self, config: TokenConfig, *, max_sessions: int = 8) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.config = config
+        self._max_sessions = max_sessions
+        self._module: Module | None = None
+        self._pool: _Pool | None = None
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._generate_lock = threading.Lock()
+        _live_tokens.add(self)
+
+    def __repr__(self) -> str:
+        return f"Token(module={self.config.module!r}, token_label={self.config.token_label!r})"
+
+    def __enter__(self) -> Token:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public operations -------------------------------------------------
+
+    def generate_key(self, label: str, key_type: KeyType) -> KeyInfo:
+        key_type = KeyType(key_type)
+        _check_label(label)
+        what = f"generate key {label!r}"
+
+        def check(pool: _Pool, s: _Session) -> None:
+            if _keys.label_taken(s.p11, label):
+                raise KeyExists(f"a key labelled {label!r} exists already on token {self._name}")
+
+        def generate(pool: _Pool, s: _Session) -> KeyInfo:
+            kt, bits, caps, public, private = _keys.keypair_templates(key_type, label, os.urandom(16))
+            _, priv = s.p11.generate_keypair(
+                kt, bits, store=True, capabilities=caps,
+                public_template=public, private_template=private,
+            )
+            pool.epoch += 1
+            info = _keys.key_info(label, priv)
+            if info is None:
+                raise HsmError(f"{what}: the token made a key of unexpected type")
+            return info
+
+        with self._generate_lock:
+            self._run(what, check)
+            # Not retried: after a failure half-way the key may exist already.
+            return self._run(what, generate, retry=False)
+
+    def has_key(self, label: str) -> bool:
+        try:
+            self.key_info(label)
+        except KeyNotFound:
+            return False
+        return True
+
+    def key_info(self, label: str) -> KeyInfo:
+        return self._run(f"look up key {label!r}", lambda p, s: self._objects(p, s, label).info)
+
+    def list_keys(self) -> list[KeyInfo]:
+        def op(pool: _Pool, s: _Session) -> list[KeyInfo]:
+            infos = (_keys.key_info(label, key) for label, key in _keys.private_key_labels(s.p11))
+            return sorted((i for i in infos if i is not None and i.label), key=lambda i: i.label)
+
+        return self._run("list keys", op)
+
+    def public_key(self, label: str) -> PublicKeyTypes:
+        return self._run(
+            f"read public key {label!r}", lambda p, s: _keys.public_key(self._objects(p, s, label))
+        )
+
+    def signer(self, label: str, algorithm: SignAlgorithm | None = None) -> KeySigner:
+        info = self.key_info(label)
+        chosen = default_sign_algorithm(info.key_type) if algorithm is None else SignAlgorithm(algorithm)
+        _check_fits(chosen, info)
+        return KeySigner(self, label, chosen, info.key_type)
+
+    def sign(self, label: str, data: bytes, algorithm: SignAlgorithm) -> bytes:
+        algorithm = SignAlgorithm(algorithm)
+        payload = bytes(data)
+
+        def op(pool: _Pool, s: _Session) -> bytes:
+            objects = self._objects(pool, s, label)
+            _check_fits(algorithm, objects.info)
+            return _keys.sign(objects.private, algorithm, payload)
+
+        return self._run(f"sign with key {label!r}", op)
+
+    def decrypt(self, label: str, ciphertext: bytes) -> bytes:
+        payload = bytes(ciphertext)
+
+        def op(pool: _Pool, s: _Session) -> bytes:
+            objects = self._objects(pool, s, label)
+            if not objects.info.key_type.is_rsa:
+                raise HsmError(f"key {label!r} is {objects.info.key_type.value}, decrypt needs RSA")
+            return _keys.decrypt(objects.private, payload)
+
+        return self._run(f"decrypt with key {label!r}", op)
+
+    def close(self) -> None:
+        """Close this Token's sessions; it reopens them if used again."""
+        with self._cond:
+            pool, self._pool = self._pool, None
+            idle: list[_Session] = []
+            if pool is not None:
+                pool.dead = pool.closed = True
+                idle, pool.idle = pool.idle, []
+                pool.size -= len(idle)
+            self._cond.notify_all()
+        if pool is not None:
+            for s in idle:
+                self._close_session(pool, s)
+
+    # -- machinery ---------------------------------------------------------
+
+    @property
+    def _name(self) -> str:
+        return repr(self.config.token_label)
+
+    def _run(self, what: str, op: Callable[[_Pool, _Session], T], *, retry: bool = True) -> T:
+        """Run ``op`` on a pooled session; map errors; retry once on fresh sessions."""
+        for attempt in (1, 2):
+            pool: _Pool | None = None
+            session: _Session | None = None
+            try:
+                pool, session = self._checkout()
+                with self._loaded_module().guard():
+                    result = op(pool, session)
+            except p11e.PKCS11Error as exc:
+                failure = exc
+            except BaseException:
+                if pool is not None and session is not None:
+                    self._checkin(pool, session, healthy=True)
+                raise
+            else:
+                self._checkin(pool, session, healthy=True)
+                return result
+            # Raised outside the except block so that no pkcs11 exception
+            # rides along as __context__.
+            stale = isinstance(failure, _STALE)
+            lost = is_session_loss(failure) and not stale
+            if pool is not None and session is not None:
+                self._checkin(pool, session, healthy=not lost)
+            if not (stale or lost):
+                raise translate(failure, what)
+            if stale and pool is not None:
+                pool.epoch += 1
+            if lost:
+                self._drop(pool)
+            if attempt == 1 and retry:
+                log.warning("token %s: %s during %s; retrying", self._name, error_name(failure), what)
+                continue
+            raise TokenUnavailable(
+                f"{what}: token {self._name} unavailable ({error_name(failure)}), "
+                "also after reopening the session"
+            )
+        raise AssertionError("unreachable")
+
+    def _loaded_module(self) -> Module:
+        module = self._module
+        if module is None:
+            module = self._module = get_module(self.config.module)
+        return module
+
+    def _checkout(self) -> tuple[_Pool, _Session]:
+        if self._pid != os.getpid():
+            self._forget_after_fork()
+        module = self._loaded_module()
+        generation = module.ensure(self.config.softhsm_conf)
+        with self._cond:
+            while True:
+                pool = self._pool
+                if pool is None or pool.dead or pool.generation != generation:
+                    pool = self._pool = self._open_pool(module, generation)
+                if pool.idle:
+                    return pool, pool.idle.pop()
+                if pool.size < self._max_sessions:
+                    pool.size += 1
+                    break
+                self._cond.wait()
+        try:
+            with module.guard():
+                p11 = pool.p11_token.open(rw=True)
+        except BaseException:
+            with self._cond:
+                pool.size -= 1
+                self._cond.notify()
+            raise
+        return pool, _Session(p11, pool.epoch)
+
+    def _open_pool(self, module: Module, generation: int) -> _Pool:
+        """Find the token and log in; called with the Token lock held."""
+        label = self.config.token_label
+        with module.guard():
+            try:
+                p11_token = module.lib.get_token(token_label=label)
+            except p11e.NoSuchToken:
+                raise TokenUnavailable(f"no token labelled {label!r} in {module.path!r}") from None
+            except p11e.MultipleTokensReturned:
+                raise TokenUnavailable(f"several tokens labelled {label!r} in {module.path!r}") from None
+            first = p11_token.open(rw=True)
+            rv = module.login(first.handle, self.config.pin)
+            if rv != CKR_OK:
+                _quiet_close(first)
+                raise TokenUnavailable(f"login to token {label!r} failed: {rv_name(rv)}")
+        pool = _Pool(generation, p11_token)
+        pool.idle.append(_Session(first, pool.epoch))
+        pool.size = 1
+        log.debug("token %s: logged in, module generation %d", self._name, generation)
+        return pool
+
+    def _checkin(self, pool: _Pool, session: _Session, *, healthy: bool) -> None:
+        close = False
+        with self._cond:
+            if healthy and pool is self._pool and not pool.dead:
+                pool.idle.append(session)
+            else:
+                pool.size -= 1
+                close = healthy and pool.closed
+            self._cond.notify()
+        if close:
+            self._close_session(pool, session)
+
+    def _drop(self, pool: _Pool | None) -> None:
+        # The dropped sessions are abandoned, not closed: after a module reset
+        # their handle numbers may already belong to new sessions.
+        with self._cond:
+            current = self._pool
+            if current is not None and (pool is None or pool is current):
+                current.dead = True
+                self._pool = None
+            self._cond.notify_all()
+
+    def _close_session(self, pool: _Pool, session: _Session) -> None:
+        module = self._loaded_module()
+        if pool.generation == module.generation and self._pid == os.getpid():
+            with module.guard():
+                _quiet_close(session.p11)
+
+    def _objects(self, pool: _Pool, s: _Session, label: str) -> _keys.KeyObjects:
+        if s.epoch != pool.epoch:
+            s.keys.clear()
+            s.epoch = pool.epoch
+        objects = s.keys.get(label)
+        if objects is None:
+            objects = _keys.find_key(s.p11, label)
+            if objects is None:
+                raise KeyNotFound(f"no key labelled {label!r} on token {self._name}")
+            s.keys[label] = objects
+        return objects
+
+    def _forget_after_fork(self) -> None:
+        # Everything inherited belongs to the parent: drop it without a
+        # single PKCS#11 call, and replace locks a parent thread may hold.
+        self._pid = os.getpid()
+        self._pool = None
+        self._cond = threading.Condition(threading.Lock())
+        self._generate_lock = threading.Lock()
+
+
+class KeySigner:
+    """One key plus one algorithm: what ca/ and the protocols hold on to."""
+
+    def __init__(self, token: Token, label: str, algorithm: SignAlgorithm, key_type: KeyType) -> None:
+        self.token = token
+        self.label = label
+        self.algorithm = algorithm
+        self.key_type = key_type
+        self._public_key: PublicKeyTypes | None = None
+
+    def __repr__(self) -> str:
+        return f"KeySigner(label={self.label!r}, algorithm={self.algorithm.value}, key_type={self.key_type.value})"
+
+    def sign(self, data: bytes) -> bytes:
+        return self.token.sign(self.label, data, self.algorithm)
+
+    def public_key(self) -> PublicKeyTypes:
+        if self._public_key is None:
+            self._public_key = self.token.public_key(self.label)
+        return self._public_key
+
+
+def _check_label(label: str) -> None:
+    if not isinstance(label, str) or not label:
+        raise HsmError("a key label must be a non-empty string")
+
+
+def _check_fits(algorithm: SignAlgorithm, info: KeyInfo) -> None:
+    if not algorithm.fits(info.key_type):
+        raise HsmError(
+            f"algorithm {algorithm.value} cannot be used with key {info.label!r} ({info.key_type.value})"
+        )
+
+
+def _quiet_close(session: Any) -> None:
+    try:
+        session.close()
+    except p11e.PKCS11Error:
+        pass
+
+
+_live_tokens: weakref.WeakSet[Token] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for token in list(_live_tokens):
+        token._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
