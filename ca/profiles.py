@@ -94,6 +94,11 @@ class Profile:
     certificate_policies: tuple[ObjectIdentifier, ...] = ()
     ocsp_no_check: bool = False
     lint: bool = True
+    # Read by the enrolment core (ra/), not by the CA: "auto" issues at once,
+    # "manual" leaves requests pending for an admin; auto_register lets a
+    # device unknown to the registry enrol with a trusted vendor certificate.
+    approval: str = "auto"
+    auto_register: bool = False
     # Only the built-in CA profiles below set these; profiles.toml cannot.
     is_ca: bool = False
     path_length: int | None = None
@@ -182,8 +187,11 @@ def _parse_profile(name: str, raw: Any) -> Profile:
         )
     except ValueError:
         raise ProfileError(f"{where}: certificate_policies must be dotted OIDs") from None
+    approval = raw.get("approval", "auto")
+    if approval not in ("auto", "manual"):
+        raise ProfileError(f"{where}: approval must be \"auto\" or \"manual\"")
     flags = {}
-    for flag in ("require_cn", "cn_as_dns_san", "ocsp_no_check", "lint"):
+    for flag in ("require_cn", "cn_as_dns_san", "ocsp_no_check", "lint", "auto_register"):
         value = raw.get(flag, flag in ("require_cn", "lint"))
         if not isinstance(value, bool):
             raise ProfileError(f"{where}: {flag} must be true or false")
@@ -205,6 +213,8 @@ def _parse_profile(name: str, raw: Any) -> Profile:
         certificate_policies=policies,
         ocsp_no_check=flags["ocsp_no_check"],
         lint=flags["lint"],
+        approval=approval,
+        auto_register=flags["auto_register"],
     )
 
 

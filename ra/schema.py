@@ -23,6 +23,8 @@ enrolment_requests = Table(
     Column("profile", String(64)),
     Column("status", String(16), nullable=False),  # pending | approved | rejected | issued | failed
     Column("request", LargeBinary, nullable=False),  # the whole request (JSON + DER parts)
+    # SHA-256 of the requested SPKI: a retry must ask for the same key.
+    Column("key_fingerprint", String(64)),
     Column("certificate_serial", String(42)),
     Column("reject_reason", String(32)),
     Column("reject_text", Text),

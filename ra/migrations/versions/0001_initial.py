@@ -47,6 +47,7 @@ def upgrade() -> None:
     sa.Column('profile', sa.String(length=64), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('request', sa.LargeBinary(), nullable=False),
+    sa.Column('key_fingerprint', sa.String(length=64), nullable=True),
     sa.Column('certificate_serial', sa.String(length=42), nullable=True),
     sa.Column('reject_reason', sa.String(length=32), nullable=True),
     sa.Column('reject_text', sa.Text(), nullable=True),
