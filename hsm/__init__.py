@@ -1,9 +1,11 @@
 """CA keys in a PKCS#11 token: the only part of ztpki that talks PKCS#11.
 
-Everything above this package asks one question, "sign these bytes with key
-K", through :class:`Token` and :class:`KeySigner`. No python-pkcs11 type or
-exception crosses this boundary; errors are :class:`HsmError` subclasses
-whose messages never contain the PIN.
+Everything above this package asks one of two questions: "sign these bytes
+with key K", through :class:`Token` and :class:`KeySigner`, or "seal (unseal)
+this secret with key S", through :class:`Token` and :class:`TokenSealer`. No
+python-pkcs11 type or exception crosses this boundary; errors are
+:class:`HsmError` subclasses whose messages never contain the PIN (nor, for
+sealing, the data).
 
 Design
 ======
@@ -53,6 +55,20 @@ Fork (pre-forking servers such as gunicorn)
     in-process module such as SoftHSM2 discards only the child's copy of the
     state. The child then logs in afresh. The parent is unaffected.
 
+Sealing (``_secret.py``)
+    Enrolment secrets (CMP MAC shared secrets) are stored in the database
+    sealed under an AES-256 key that never leaves the token (sensitive, not
+    extractable), so a database leak alone reveals nothing. ``seal`` runs
+    ``CKM_AES_GCM`` as one single-part ``C_Encrypt`` with a 12-byte IV from
+    ``os.urandom`` and a 128-bit tag, and returns ``0x01 || IV ||
+    ciphertext || tag``; the version byte is part of the authenticated data,
+    followed by the caller's ``aad``. A blob that does not authenticate
+    (altered, another key, another ``aad``) raises :class:`SealError`.
+    Secret keys have their own per-session cache and go through the same
+    ``_run`` recovery and fork handling as signing; ``list_keys``,
+    ``key_info`` and ``signer`` never take a secret key for a signing key
+    (``list_secret_keys`` lists them).
+
 Several SoftHSM2 homes in one process
     A process has one copy of a module, and SoftHSM2 reads ``SOFTHSM2_CONF``
     only in ``C_Initialize``. A Token whose ``softhsm_conf`` differs from the
@@ -69,9 +85,10 @@ from __future__ import annotations
 
 from .algorithms import KeyInfo, KeyType, SignAlgorithm, default_sign_algorithm
 from .config import TokenConfig
-from .errors import HsmConfigError, HsmError, KeyExists, KeyNotFound, TokenUnavailable
+from .errors import HsmConfigError, HsmError, KeyExists, KeyNotFound, SealError, TokenUnavailable
+from .handles import KeySigner, TokenSealer
 from .softhsm import ensure_softhsm_token
-from .token import KeySigner, Token
+from .token import Token
 
 __all__ = [
     "HsmConfigError",
@@ -81,9 +98,11 @@ __all__ = [
     "KeyNotFound",
     "KeySigner",
     "KeyType",
+    "SealError",
     "SignAlgorithm",
     "Token",
     "TokenConfig",
+    "TokenSealer",
     "TokenUnavailable",
     "default_sign_algorithm",
     "ensure_softhsm_token",

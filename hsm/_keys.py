@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import MGF, Attribute, Mechanism, MechanismFlag, ObjectClass
 
 from .algorithms import KeyInfo, KeyType, SignAlgorithm
-from .errors import HsmError
+from .errors import HsmError, KeyNotFound
 
 # DER of the named-curve OIDs as they appear in CKA_EC_PARAMS.
 _P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
@@ -27,6 +27,7 @@ _EC_CURVES: dict[bytes, tuple[KeyType, ec.EllipticCurve, int]] = {
 }
 _RSA_BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
 _RSA_TYPES = {bits: kt for kt, bits in _RSA_BITS.items()}
+_KEY_CLASSES = (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.SECRET_KEY)
 
 _RSA_MECHANISMS: dict[SignAlgorithm, tuple[Mechanism, Any]] = {
     SignAlgorithm.RSA_PKCS1_SHA256: (Mechanism.SHA256_RSA_PKCS, None),
@@ -102,7 +103,7 @@ def key_info(label: str, private: pkcs11.PrivateKey) -> KeyInfo | None:
     )
 
 
-def _search(session: pkcs11.Session, attrs: dict[Attribute, Any]) -> list[pkcs11.Object]:
+def search(session: pkcs11.Session, attrs: dict[Attribute, Any]) -> list[pkcs11.Object]:
     """All objects matching ``attrs``; the search always runs to its end.
 
     python-pkcs11 marks a search active before C_FindObjectsInit and does not
@@ -122,12 +123,15 @@ def find_key(session: pkcs11.Session, label: str) -> KeyObjects | None:
     """Look a key pair up by label; None if there is no private key with that label."""
     privates: list[pkcs11.PrivateKey] = []
     public: pkcs11.PublicKey | None = None
-    for obj in _search(session, {Attribute.LABEL: label}):
+    found = search(session, {Attribute.LABEL: label})
+    for obj in found:
         if isinstance(obj, pkcs11.PrivateKey):
             privates.append(obj)
         elif isinstance(obj, pkcs11.PublicKey):
             public = obj
     if not privates:
+        if any(isinstance(obj, pkcs11.SecretKey) for obj in found):
+            raise KeyNotFound(f"label {label!r} names a secret (sealing) key, not a signing key")
         return None
     if len(privates) > 1:
         raise HsmError(f"label {label!r} names {len(privates)} private keys on the token")
@@ -137,13 +141,19 @@ def find_key(session: pkcs11.Session, label: str) -> KeyObjects | None:
     return KeyObjects(private=privates[0], public=public, info=info)
 
 
-def label_taken(session: pkcs11.Session, label: str) -> bool:
-    found = _search(session, {Attribute.LABEL: label})
-    return any(o[Attribute.CLASS] in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY) for o in found)
+def label_taken(session: pkcs11.Session, label: str, *, any_class: bool = False) -> bool:
+    """Whether a key (or, with ``any_class``, any object) carries ``label``.
+
+    A certificate may share its key's label, so key generation only looks at keys.
+    """
+    found = search(session, {Attribute.LABEL: label})
+    if any_class:
+        return bool(found)
+    return any(o[Attribute.CLASS] in _KEY_CLASSES for o in found)
 
 
 def private_key_labels(session: pkcs11.Session) -> list[tuple[str, pkcs11.PrivateKey]]:
-    found = _search(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+    found = search(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY})
     return [(str(o[Attribute.LABEL]), o) for o in found if isinstance(o, pkcs11.PrivateKey)]
 
 

@@ -30,6 +30,10 @@ class KeyExists(HsmError):
     """A key with the requested label exists already."""
 
 
+class SealError(HsmError):
+    """A sealed blob is malformed or does not authenticate (altered, other key, other aad)."""
+
+
 # Errors after which the session, the login state or the whole module state
 # must be considered gone; the operation is worth one retry on fresh sessions.
 # Stale object handles are included because another process may have deleted

@@ -1,4 +1,4 @@
-"""Token: sessions, login, key lookup and the signing operations ca/ builds on."""
+"""Token: sessions, login, key lookup, the signing operations ca/ builds on, and sealing."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import pkcs11
 import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from . import _keys
+from . import _keys, _secret
 from ._module import CKR_OK, Module, get_module, rv_name
 from .algorithms import KeyInfo, KeyType, SignAlgorithm, default_sign_algorithm
 from .config import TokenConfig
 from .errors import HsmError, KeyExists, KeyNotFound, TokenUnavailable, error_name, is_session_loss, translate
+from .handles import KeySigner as KeySigner  # re-exported: callers import it from here too
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,11 +29,12 @@ _STALE = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
 
 
 class _Session:
-    __slots__ = ("p11", "keys", "epoch")
+    __slots__ = ("p11", "keys", "secrets", "epoch")
 
     def __init__(self, p11: pkcs11.Session, epoch: int) -> None:
         self.p11 = p11
         self.keys: dict[str, _keys.KeyObjects] = {}
+        self.secrets: dict[str, pkcs11.SecretKey] = {}
         self.epoch = epoch
 
 
@@ -44,7 +46,7 @@ class _Pool:
         self.p11_token = p11_token
         self.idle: list[_Session] = []
         self.size = 0
-        # Bumped to make every session forget its cached key objects.
+        # Bumped to make every session forget its cached key objects (both kinds).
         self.epoch = 0
         self.dead = False
         self.closed = False
@@ -151,6 +153,52 @@ class Token:
             return _keys.decrypt(objects.private, payload)
 
         return self._run(f"decrypt with key {label!r}", op)
+
+    # -- sealing: AES-256-GCM under a secret key that stays in the token --
+
+    def generate_secret_key(self, label: str) -> None:
+        """Generate the AES-256 sealing key ``label``; KeyExists if any object has that label."""
+        _check_label(label)
+        what = f"generate secret key {label!r}"
+
+        def check(pool: _Pool, s: _Session) -> None:
+            if _keys.label_taken(s.p11, label, any_class=True):
+                raise KeyExists(f"an object labelled {label!r} exists already on token {self._name}")
+
+        def generate(pool: _Pool, s: _Session) -> None:
+            _secret.generate(s.p11, label, os.urandom(16))
+            pool.epoch += 1
+
+        with self._generate_lock:
+            self._run(what, check)
+            # Not retried: after a failure half-way the key may exist already.
+            self._run(what, generate, retry=False)
+
+    def has_secret_key(self, label: str) -> bool:
+        try:
+            self._run(f"look up secret key {label!r}", lambda p, s: self._secret_key(p, s, label))
+        except KeyNotFound:
+            return False
+        return True
+
+    def list_secret_keys(self) -> list[str]:
+        """Labels of the secret keys; ``list_keys`` lists the signing keys only."""
+        return self._run("list secret keys", lambda p, s: _secret.labels(s.p11))
+
+    def seal(self, label: str, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """Encrypt and authenticate ``plaintext`` (bound to ``aad``) under secret key ``label``."""
+        data, extra = bytes(plaintext), bytes(aad)
+        return self._run(
+            f"seal with key {label!r}", lambda p, s: _secret.seal(self._secret_key(p, s, label), data, extra)
+        )
+
+    def unseal(self, label: str, blob: bytes, aad: bytes = b"") -> bytes:
+        """The plaintext of a ``seal`` blob; SealError if it does not authenticate."""
+        sealed, extra = bytes(blob), bytes(aad)
+        return self._run(
+            f"unseal with key {label!r}",
+            lambda p, s: _secret.unseal(self._secret_key(p, s, label), sealed, extra),
+        )
 
     def close(self) -> None:
         """Close this Token's sessions; it reopens them if used again."""
@@ -293,9 +341,7 @@ class Token:
                 _quiet_close(session.p11)
 
     def _objects(self, pool: _Pool, s: _Session, label: str) -> _keys.KeyObjects:
-        if s.epoch != pool.epoch:
-            s.keys.clear()
-            s.epoch = pool.epoch
+        _refresh(pool, s)
         objects = s.keys.get(label)
         if objects is None:
             objects = _keys.find_key(s.p11, label)
@@ -303,6 +349,16 @@ class Token:
                 raise KeyNotFound(f"no key labelled {label!r} on token {self._name}")
             s.keys[label] = objects
         return objects
+
+    def _secret_key(self, pool: _Pool, s: _Session, label: str) -> pkcs11.SecretKey:
+        _refresh(pool, s)
+        key = s.secrets.get(label)
+        if key is None:
+            key = _secret.find_secret_key(s.p11, label)
+            if key is None:
+                raise KeyNotFound(f"no secret key labelled {label!r} on token {self._name}")
+            s.secrets[label] = key
+        return key
 
     def _forget_after_fork(self) -> None:
         # Everything inherited belongs to the parent: drop it without a
@@ -313,26 +369,12 @@ class Token:
         self._generate_lock = threading.Lock()
 
 
-class KeySigner:
-    """One key plus one algorithm: what ca/ and the protocols hold on to."""
-
-    def __init__(self, token: Token, label: str, algorithm: SignAlgorithm, key_type: KeyType) -> None:
-        self.token = token
-        self.label = label
-        self.algorithm = algorithm
-        self.key_type = key_type
-        self._public_key: PublicKeyTypes | None = None
-
-    def __repr__(self) -> str:
-        return f"KeySigner(label={self.label!r}, algorithm={self.algorithm.value}, key_type={self.key_type.value})"
-
-    def sign(self, data: bytes) -> bytes:
-        return self.token.sign(self.label, data, self.algorithm)
-
-    def public_key(self) -> PublicKeyTypes:
-        if self._public_key is None:
-            self._public_key = self.token.public_key(self.label)
-        return self._public_key
+def _refresh(pool: _Pool, s: _Session) -> None:
+    """Empty a session's key caches if the pool's epoch moved on since it filled them."""
+    if s.epoch != pool.epoch:
+        s.keys.clear()
+        s.secrets.clear()
+        s.epoch = pool.epoch
 
 
 def _check_label(label: str) -> None:

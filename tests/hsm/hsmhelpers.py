@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from hsm import SignAlgorithm
+from hsm import SignAlgorithm, TokenConfig
 
 SO_PIN = "so-pin-5678"
 USER_PIN = "user-pin-1234"
@@ -28,3 +31,23 @@ def verify(public: PublicKeyTypes, algorithm: SignAlgorithm, signature: bytes, d
     else:
         assert isinstance(public, rsa.RSAPublicKey)
         public.verify(signature, data, padding.PKCS1v15(), digest)
+
+
+def pkcs11_tool_objects(config: TokenConfig, login: bool) -> list[dict[str, str]]:
+    """What pkcs11-tool --list-objects shows: per object its kind ("Private Key Object"),
+    the detail after the kind ("AES length 32") and its indented fields ("label", "Access", ...)."""
+    cmd = ["pkcs11-tool", "--module", config.module, "--token-label", config.token_label, "--list-objects"]
+    if login:
+        cmd += ["--login", "--pin", config.pin]
+    assert config.softhsm_conf is not None
+    env = {**os.environ, "SOFTHSM2_CONF": config.softhsm_conf}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    objects: list[dict[str, str]] = []
+    for line in out.splitlines():
+        if line and not line[0].isspace():
+            kind, _, detail = line.partition(";")
+            objects.append({"kind": kind.strip(), "detail": detail.strip()})
+        elif objects and ":" in line:
+            key, _, value = line.strip().partition(":")
+            objects[-1][key.strip()] = value.strip()
+    return objects

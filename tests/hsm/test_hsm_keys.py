@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import replace
 
 import pytest
@@ -24,7 +23,7 @@ from hsm import (
     default_sign_algorithm,
 )
 
-from hsmhelpers import USER_PIN, verify
+from hsmhelpers import USER_PIN, pkcs11_tool_objects, verify
 
 _CURVES = {KeyType.EC_P256: ec.SECP256R1, KeyType.EC_P384: ec.SECP384R1}
 _BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
@@ -159,27 +158,10 @@ def test_lazy_and_unavailable(softhsm_config: TokenConfig) -> None:
         missing_label.list_keys()
 
 
-def _pkcs11_tool_objects(config: TokenConfig, login: bool) -> list[dict[str, str]]:
-    cmd = ["pkcs11-tool", "--module", config.module, "--token-label", config.token_label, "--list-objects"]
-    if login:
-        cmd += ["--login", "--pin", config.pin]
-    assert config.softhsm_conf is not None
-    env = {**os.environ, "SOFTHSM2_CONF": config.softhsm_conf}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    objects: list[dict[str, str]] = []
-    for line in out.splitlines():
-        if line and not line[0].isspace():
-            objects.append({"kind": line.split(";")[0].strip()})
-        elif objects and ":" in line:
-            key, _, value = line.strip().partition(":")
-            objects[-1][key.strip()] = value.strip()
-    return objects
-
-
 def test_attributes_seen_by_pkcs11_tool(token: Token, softhsm_config: TokenConfig) -> None:
     token.generate_key("ec-key", KeyType.EC_P256)
     token.generate_key("rsa-key", KeyType.RSA_2048)
-    logged_in = _pkcs11_tool_objects(softhsm_config, login=True)
+    logged_in = pkcs11_tool_objects(softhsm_config, login=True)
     for label, usage in (("ec-key", {"sign"}), ("rsa-key", {"sign", "decrypt"})):
         private = [o for o in logged_in if o["kind"] == "Private Key Object" and o.get("label") == label]
         assert len(private) == 1
@@ -190,6 +172,6 @@ def test_attributes_seen_by_pkcs11_tool(token: Token, softhsm_config: TokenConfi
         assert private[0].get("ID")  # CKA_ID was set
         public = [o for o in logged_in if o["kind"] == "Public Key Object" and o.get("label") == label]
         assert len(public) == 1 and public[0]["ID"] == private[0]["ID"]
-    anonymous = _pkcs11_tool_objects(softhsm_config, login=False)
+    anonymous = pkcs11_tool_objects(softhsm_config, login=False)
     assert not [o for o in anonymous if o["kind"] == "Private Key Object"]  # CKA_PRIVATE
     assert {o.get("label") for o in anonymous if o["kind"] == "Public Key Object"} == {"ec-key", "rsa-key"}
