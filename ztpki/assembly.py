@@ -14,8 +14,10 @@ import ra.db
 import vendor_trust.db
 from ca.store import Store, make_engine
 from sqlalchemy import Engine
-from hsm import Token
-from ztpki.config import Settings, load_settings
+from hsm import Token, TokenSealer
+from ztpki.config import ConfigError, Settings, load_settings
+
+SECRETS_KEY_LABEL = "ztpki-secrets"
 
 
 class Instance:
@@ -46,6 +48,17 @@ class Instance:
     @cached_property
     def token(self) -> Token:
         return Token(self.settings.token_config())
+
+    @cached_property
+    def secret_sealer(self) -> TokenSealer:
+        """The token's AES key that seals enrolment secrets stored in the database."""
+        label = SECRETS_KEY_LABEL
+        if not self.token.has_secret_key(label):
+            raise ConfigError(
+                f"the token has no secret key {label!r} for sealing enrolment secrets "
+                "(`ztpki init` creates it)"
+            )
+        return TokenSealer(self.token, label)
 
     @cached_property
     def cas(self) -> CertificateAuthorities:

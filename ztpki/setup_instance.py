@@ -9,7 +9,7 @@ from pathlib import Path
 from ca import hierarchy
 from ca.profiles import DEFAULT_PROFILES_PATH
 from hsm import KeyType, ensure_softhsm_token
-from ztpki.assembly import Instance
+from ztpki.assembly import SECRETS_KEY_LABEL, Instance
 from ztpki.config import (
     CONFIG_NAME,
     DEFAULT_PORT,
@@ -75,6 +75,7 @@ def init_instance(
     shutil.copyfile(DEFAULT_PROFILES_PATH, settings.profiles_path)
     write_settings(settings)
     instance = Instance(settings)
+    instance.token.generate_secret_key(SECRETS_KEY_LABEL)
     cas = instance.cas
     hierarchy.create_root(
         cas, "root", hierarchy.simple_name(f"{organization} Root CA", organization), key_type
