@@ -5,6 +5,7 @@ Every CA key is generated inside the token; only certificates reach the store.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime, timedelta, timezone
 
@@ -15,11 +16,29 @@ from cryptography.x509.oid import NameOID
 from ca import signing
 from ca.issuer import CertificateAuthorities, IssuanceError, IssuedCertificate
 from ca.profiles import ca_profile, default_profiles
+from ca.store import NotFound
 from ca.template import IssuanceOrder, IssuerFacts, build_template
 from hsm import HsmError, KeyType, default_sign_algorithm
 
 ROOT_VALIDITY_DAYS = 20 * 365
 ISSUING_VALIDITY_DAYS = 10 * 365
+
+
+# A CA name goes into URLs (/crl/NAME.crl) and file names (HOME/NAME.pem).
+_CA_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def check_new_ca_name(cas: CertificateAuthorities, name: str) -> None:
+    """Refuse a bad or taken name before any key is generated."""
+    if not _CA_NAME.fullmatch(name):
+        raise IssuanceError(
+            f"bad CA name {name!r}: use 1-63 lower-case letters, digits and '-', starting with a letter or digit"
+        )
+    try:
+        cas.store.authority(name)
+    except NotFound:
+        return
+    raise IssuanceError(f"a CA named {name!r} exists already")
 
 
 def ca_key_label(name: str) -> str:
@@ -53,6 +72,7 @@ def create_root(
     validity_days: int = ROOT_VALIDITY_DAYS,
 ) -> None:
     """A self-signed root CA (RFC 5280 §6.1: trust anchor)."""
+    check_new_ca_name(cas, name)
     label = ca_key_label(name)
     public_key = _new_key(cas, label, key_type)
     algorithm = default_sign_algorithm(key_type)
@@ -91,6 +111,7 @@ def create_issuing(
     validity_days: int = ISSUING_VALIDITY_DAYS,
 ) -> IssuedCertificate:
     """An issuing CA signed by parent, recorded in the parent's certificate list."""
+    check_new_ca_name(cas, name)
     parent_ca = cas.authority(parent)
     label = ca_key_label(name)
     public_key = _new_key(cas, label, key_type)
@@ -148,6 +169,7 @@ def import_issuing(
     parents: the chain above it, nearest first; stored as 'external' CAs
     (no key here) so the chain can be served.
     """
+    check_new_ca_name(cas, name)
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:

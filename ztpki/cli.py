@@ -58,7 +58,7 @@ class ZtpkiGroup(click.Group):
 def _home(ctx: click.Context) -> Path:
     home = ctx.obj.get("home")
     if home is None:
-        raise click.UsageError("no instance: give --home DIR or set ZTPKI_HOME")
+        raise click.ClickException("no instance: give --home DIR or set ZTPKI_HOME")
     return Path(home)
 
 
@@ -99,7 +99,7 @@ def init(ctx: click.Context, init_home: str | None, key_type: str, pkcs11_module
 
     chosen_home = init_home or ctx.obj.get("home")
     if not chosen_home:
-        raise click.UsageError("give --home DIR (or set ZTPKI_HOME)")
+        raise click.ClickException("give --home DIR (or set ZTPKI_HOME)")
     home = Path(chosen_home)
     pin = pin or os.environ.get("ZTPKI_TOKEN_PIN")
     instance = init_instance(

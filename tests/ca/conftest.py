@@ -7,19 +7,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca import hierarchy
-from ca.issuer import CertificateAuthorities, UrlScheme
-from ca.profiles import default_profiles
+from ca.issuer import CertificateAuthorities
 from ca.revocation import Revocations
 from ca.store import Store
-from ca.template import IssuanceOrder
-from hsm import KeyType, Token, ensure_softhsm_token
-
-BASE_URL = "http://127.0.0.1:8080"
-
+from cahelpers import build_hierarchy
+from hsm import Token, ensure_softhsm_token
 
 @pytest.fixture(scope="session")
 def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
@@ -28,15 +21,6 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
     token = Token(config)
     yield token
     token.close()
-
-
-def build_hierarchy(store: Store, token: Token, key_type: KeyType = KeyType.EC_P256) -> CertificateAuthorities:
-    cas = CertificateAuthorities(store, token, default_profiles(), UrlScheme(BASE_URL), default_ca="issuing")
-    hierarchy.create_root(cas, "root", hierarchy.simple_name("Test Root CA", "ztpki tests"), key_type)
-    hierarchy.create_issuing(cas, "issuing", hierarchy.simple_name("Test Issuing CA", "ztpki tests"), key_type, parent="root")
-    ocsp_type = KeyType.EC_P256 if key_type.value.startswith("ec") else KeyType.RSA_2048
-    hierarchy.create_ocsp_signer(cas, "issuing", ocsp_type)
-    return cas
 
 
 @pytest.fixture

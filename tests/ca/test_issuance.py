@@ -10,7 +10,7 @@ from ca.lint import LintError
 from ca.profiles import PolicyViolation
 from ca.store import Store
 from cahelpers import client_order
-from conftest import build_hierarchy
+from cahelpers import build_hierarchy
 from hsm import KeyType, Token
 
 

@@ -36,10 +36,6 @@ def private_key_labels(home: Path) -> list[str]:
     return sorted(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.strip().startswith("label:"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: CA names are not checked: `ca add ../evil` succeeds, writes ../evil.pem outside the "
-    "home (export_ca_certificates joins the name into a path) and its CRL/CA URLs cannot be served"
-))
 def test_ca_name_with_a_path_is_refused(fresh_home: Path) -> None:
     before = ca_names(fresh_home)
     outside_before = sorted(p.name for p in fresh_home.parent.iterdir())
@@ -49,10 +45,6 @@ def test_ca_name_with_a_path_is_refused(fresh_home: Path) -> None:
     assert ca_names(fresh_home) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: `ca add 'a b'` fails (lint: invalid URI) only after the CA certificate and its keys "
-    "were made, leaving a half-made CA 'a b' in `ca list` (a retry then says it exists already)"
-))
 def test_failed_ca_add_leaves_no_ca(fresh_home: Path) -> None:
     before = ca_names(fresh_home)
     outcome = cli("--home", fresh_home, "ca", "add", "a b")
@@ -60,10 +52,6 @@ def test_failed_ca_add_leaves_no_ca(fresh_home: Path) -> None:
     assert ca_names(fresh_home) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: `ca add issuing` (an existing name) is refused, but only after a new CA key was "
-    "generated in the token; that key stays there, unused"
-))
 def test_existing_ca_name_makes_no_key(fresh_home: Path) -> None:
     keys = private_key_labels(fresh_home)
     before = ca_names(fresh_home)

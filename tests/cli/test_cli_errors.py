@@ -10,10 +10,6 @@ import pytest
 from clihelpers import assert_user_error, cli, load_chain, run_ztpki, write_csr
 from clihelpers import csr_dir, home  # noqa: F401  (fixtures)
 
-NO_HOME_BUG = (
-    "BUG: without --home/ZTPKI_HOME ztpki raises click.UsageError: exit code 2 and three "
-    "lines (Usage:, Try ..., Error:) instead of a one-line error with exit code 1"
-)
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +22,12 @@ def listing(home: Path) -> list[dict[str, object]]:
     return data
 
 
-@pytest.mark.xfail(strict=True, reason=NO_HOME_BUG)
 @pytest.mark.parametrize("args", [["certs", "list"], ["init"]], ids=["certs-list", "init"])
 def test_no_home(args: list[str]) -> None:
     assert_user_error(cli(*args), "--home")
 
 
 def test_no_home_is_refused_without_traceback() -> None:
-    # What holds today despite the bug above: refused, the message names --home, no traceback.
     outcome = cli("certs", "list")
     assert outcome.exception is None and outcome.exit_code != 0, outcome.describe()
     assert "Traceback" not in outcome.stdout + outcome.stderr
