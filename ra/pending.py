@@ -21,7 +21,6 @@ different certificate_serial means someone else's answer stands).
 from __future__ import annotations
 
 import builtins
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,11 +40,6 @@ FAILED = "failed"
 STATUSES = (PENDING, APPROVED, REJECTED, ISSUED, FAILED)
 FINAL = (ISSUED, REJECTED, FAILED)
 
-# The schema has no column for the requester's key fingerprint (which tells
-# a retry from another request reusing the transaction id), so it travels
-# in a one-line header before the request bytes in the `request` column.
-_HEADER = b"ztpki-pending/1 "
-
 _t = enrolment_requests
 
 
@@ -60,7 +54,7 @@ class PendingRecord:
     profile: str | None
     status: str
     request: bytes  # as given to begin() / record_decision()
-    key_fingerprint: str | None
+    key_fingerprint: str | None  # of the requested key: a retry must ask for the same one
     certificate_serial: str | None
     reject_reason: str | None
     reject_text: str | None
@@ -69,21 +63,7 @@ class PendingRecord:
     decided_by: str | None
 
 
-def _pack(request_bytes: bytes, key_fingerprint: str | None) -> bytes:
-    header = json.dumps({"key_fingerprint": key_fingerprint}, sort_keys=True, separators=(",", ":"))
-    return _HEADER + header.encode("ascii") + b"\n" + request_bytes
-
-
-def _unpack(blob: bytes) -> tuple[bytes, str | None]:
-    if not blob.startswith(_HEADER):
-        return blob, None
-    header, _, request_bytes = blob.partition(b"\n")
-    fingerprint = json.loads(header[len(_HEADER):]).get("key_fingerprint")
-    return request_bytes, fingerprint if isinstance(fingerprint, str) else None
-
-
 def _record(row: Any) -> PendingRecord:
-    request_bytes, fingerprint = _unpack(bytes(row.request))
     return PendingRecord(
         id=row.id,
         transaction_key=row.transaction_key,
@@ -93,8 +73,8 @@ def _record(row: Any) -> PendingRecord:
         ca=row.ca,
         profile=row.profile,
         status=row.status,
-        request=request_bytes,
-        key_fingerprint=fingerprint,
+        request=bytes(row.request),
+        key_fingerprint=row.key_fingerprint,
         certificate_serial=row.certificate_serial,
         reject_reason=row.reject_reason,
         reject_text=row.reject_text,
@@ -167,15 +147,14 @@ class PendingRequests:
             reject_reason=reject_reason, reject_text=reject_text, decided_by=decided_by,
         )
 
-    def _insert_once(self, transaction_key: str, *, request_bytes: bytes, key_fingerprint: str | None,
-                     **values: Any) -> PendingRecord:
+    def _insert_once(self, transaction_key: str, *, request_bytes: bytes, **values: Any) -> PendingRecord:
         values["transaction_key"] = transaction_key
         _check_lengths(values)
         at = now()
         row = {
             **values,
             "id": str(uuid.uuid4()),
-            "request": _pack(request_bytes, key_fingerprint),
+            "request": request_bytes,
             "created_at": at,
             "updated_at": at,
         }
