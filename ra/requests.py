@@ -89,6 +89,20 @@ class HttpBasic:
     password: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class VerifiedOneTimePin:
+    """A one-time PIN the core checked before storing the request; the PIN
+    itself is not kept (it was used up by that check)."""
+
+
+@dataclass(frozen=True)
+class VerifiedHttpBasic:
+    """HTTP Basic credentials the core checked before storing the request;
+    the password is not kept."""
+
+    username: str
+
+
 Evidence = Union[
     VendorCertificate,
     TlsClientCertificate,
@@ -96,6 +110,8 @@ Evidence = Union[
     OneTimePin,
     CurrentCertificate,
     HttpBasic,
+    VerifiedOneTimePin,
+    VerifiedHttpBasic,
 ]
 
 

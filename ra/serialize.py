@@ -44,6 +44,8 @@ from ra.requests import (
     SharedSecretReference,
     TlsClientCertificate,
     VendorCertificate,
+    VerifiedHttpBasic,
+    VerifiedOneTimePin,
 )
 
 FORMAT = 1
@@ -51,20 +53,6 @@ FORMAT = 1
 
 class SerializationError(ValueError):
     """The bytes are not a stored request this version can read."""
-
-
-@dataclass(frozen=True)
-class VerifiedOneTimePin:
-    """A one-time PIN the core checked before storing the request; the PIN
-    itself is not kept (it was used up by that check)."""
-
-
-@dataclass(frozen=True)
-class VerifiedHttpBasic:
-    """HTTP Basic credentials the core checked before storing the request;
-    the password is not kept."""
-
-    username: str
 
 
 # -- encoding ------------------------------------------------------------------
@@ -255,9 +243,9 @@ def _decode_evidence(item: dict[str, Any]) -> Evidence:
     # Not members of ra.requests.Evidence (yet): the core meets them only
     # when it re-runs an approved request, which it does not re-authenticate.
     if kind == "one_time_pin" and item.get("verified") is True:
-        return cast(Evidence, VerifiedOneTimePin())
+        return VerifiedOneTimePin()
     if kind == "http_basic" and item.get("verified") is True:
-        return cast(Evidence, VerifiedHttpBasic(username=str(item["username"])))
+        return VerifiedHttpBasic(username=str(item["username"]))
     raise SerializationError(f"unknown evidence {kind!r}")
 
 

@@ -15,9 +15,28 @@ import vendor_trust.db
 from ca.store import Store, make_engine
 from sqlalchemy import Engine
 from hsm import Token, TokenSealer
+from ra.audit import AuditLog
+from ra.core import EnrolmentCore
+from ra.pending import PendingRequests
+from ra.ratelimit import RateLimiter
+from vendor_trust.anchors import VendorTrust
+from vendor_trust.credentials import Credentials
+from vendor_trust.pins import Pins
+from vendor_trust.registry import DeviceRegistry
 from ztpki.config import ConfigError, Settings, load_settings
 
 SECRETS_KEY_LABEL = "ztpki-secrets"
+
+
+class _LazySealer:
+    def __init__(self, instance: "Instance") -> None:
+        self.instance = instance
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        return self.instance.secret_sealer.seal(plaintext, aad)
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        return self.instance.secret_sealer.unseal(blob, aad)
 
 
 class Instance:
@@ -86,6 +105,51 @@ class Instance:
             self.cas,
             validity=timedelta(minutes=self.settings.ocsp_validity_minutes),
             refresh=timedelta(seconds=self.settings.ocsp_refresh_seconds),
+        )
+
+    # -- the enrolment core and what it stands on -----------------------------
+
+    @cached_property
+    def trust(self) -> VendorTrust:
+        return VendorTrust(self.engine)
+
+    @cached_property
+    def registry(self) -> DeviceRegistry:
+        return DeviceRegistry(self.engine)
+
+    @cached_property
+    def credentials(self) -> Credentials:
+        # The sealer is looked up when a MAC secret is first sealed or unsealed.
+        return Credentials(self.engine, _LazySealer(self))
+
+    @cached_property
+    def pins(self) -> Pins:
+        return Pins(self.engine)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.engine)
+
+    @cached_property
+    def pending(self) -> PendingRequests:
+        return PendingRequests(self.engine)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.engine)
+
+    @cached_property
+    def core(self) -> EnrolmentCore:
+        return EnrolmentCore(
+            cas=self.cas,
+            revocations=self.revocations,
+            trust=self.trust,
+            registry=self.registry,
+            credentials=self.credentials,
+            pins=self.pins,
+            audit=self.audit,
+            pending=self.pending,
+            limiter=self.limiter,
         )
 
     def close(self) -> None:

@@ -258,9 +258,11 @@ def crl(ctx: click.Context, ca_name: str | None, out: str) -> None:
     click.echo(f"CRL number {record.crl_number}, next update {record.next_update.isoformat()} → {out}", err=True)
 
 
-from ztpki.cli_more import register  # noqa: E402  (ca, serve and demo commands)
+# The other command groups, each in its own module.
+from ztpki import cli_devices, cli_more, cli_ra, cli_vendors  # noqa: E402
 
-register(main, _instance)
+for _module in (cli_more, cli_vendors, cli_devices, cli_ra):
+    _module.register(main, _instance)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,431 @@
+"""CLI for the device registry, enrolment credentials and one-time PINs (flow F6).
+
+    devices import FILE | list | show SERIAL | assign | block SERIAL | unblock SERIAL
+    credentials create | list | revoke REF
+    pins create --device SERIAL | list | revoke --device SERIAL
+
+register(main, get_instance) adds the three groups to the `ztpki` command.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import sys
+from datetime import datetime, timedelta
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+
+import click
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+
+from ca.revocation import reason_name
+from ca.store import now
+from vendor_trust.credentials import CredentialError, CredentialInfo, Credentials
+from vendor_trust.device_import import IMPORT_MODES, ImportFileError, ImportMode, import_devices
+from vendor_trust.pins import PinInfo, Pins
+from vendor_trust.registry import DEVICE_STATES, Device, DeviceRegistry, RegistryError
+
+if TYPE_CHECKING:
+    from ztpki.assembly import Instance
+
+GetInstance = Callable[[click.Context], "Instance"]
+
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30m', '12h', '7d', '2w', '90s' -> timedelta."""
+    match = _DURATION.fullmatch(text)
+    if match is None or int(match.group(1)) == 0:
+        raise click.BadParameter(f"{text!r}: give a positive number and a unit s, m, h, d or w (e.g. 30m, 12h, 7d)")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    return parse_duration(value) if value is not None else None
+
+
+def _refusing(function: Callable[..., None]) -> Callable[..., None]:
+    """The registry's and credentials' refusals as one-line errors, not tracebacks."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            function(*args, **kwargs)
+        except (RegistryError, CredentialError, ImportFileError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _key_summary(der: bytes) -> str:
+    key = load_der_public_key(der)
+    if isinstance(key, rsa.RSAPublicKey):
+        kind = f"RSA {key.key_size}"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        kind = f"EC {key.curve.name}"
+    else:
+        kind = "Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else "Ed448"
+    return f"{kind} sha256:{hashlib.sha256(der).hexdigest()}"
+
+
+def device_json(device: Device) -> dict[str, Any]:
+    pem = None
+    if device.public_key is not None:
+        key = load_der_public_key(device.public_key)
+        pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return {
+        "serial": device.serial, "state": device.state, "vendor": device.vendor, "model": device.model,
+        "mac": device.mac, "imei": device.imei, "hnb_id": device.hnb_id, "tenant": device.tenant,
+        "profile": device.profile, "public_key": pem, "blocked_reason": device.blocked_reason,
+        "blocked_at": _iso(device.blocked_at), "created_at": _iso(device.created_at),
+        "updated_at": _iso(device.updated_at),
+    }
+
+
+def _stream_json(items: Iterator[dict[str, Any]]) -> None:
+    """A JSON array written item by item: listing a million devices costs no memory."""
+    click.echo("[", nl=False)
+    for index, item in enumerate(items):
+        click.echo(("," if index else "") + "\n  " + json.dumps(item), nl=False)
+    click.echo("\n]")
+
+
+def _usable_device(registry: DeviceRegistry, serial: str) -> Device:
+    device = registry.require(serial)
+    if device.blocked:
+        raise click.ClickException(f"device {serial!r} is blocked ({device.blocked_reason})")
+    return device
+
+
+def _admin_action(instance: Any, name: str) -> Callable[..., Any] | None:
+    """ra.admin's `name` bound to the instance's enrolment core, or None when
+    this build has neither (ra.admin does the audit record and, for a block,
+    revokes the device's certificates)."""
+    try:
+        admin = import_module("ra.admin")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("ra", "ra.admin"):
+            raise
+        return None
+    action = getattr(admin, name, None)
+    core = getattr(instance, "core", None)
+    if action is None or core is None:
+        return None
+    from ztpki.cli_ra import admin_name
+
+    return functools.partial(action, core, admin=admin_name())
+
+
+def register(main: click.Group, get_instance: GetInstance) -> None:
+    _register_devices(main, get_instance)
+    _register_credentials(main, get_instance)
+    _register_pins(main, get_instance)
+
+
+def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
+    @main.group("devices")
+    def devices() -> None:
+        """Import, list, show, assign, block and unblock devices."""
+
+    @devices.command("import")
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--mode", type=click.Choice(IMPORT_MODES), default="all-or-nothing", show_default=True,
+                  help="With bad rows: import none, or import the good ones.")
+    @click.option("--no-update", is_flag=True, help="Leave devices that exist already as they are.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_refusing
+    def devices_import(ctx: click.Context, file: str, mode: str, no_update: bool, as_json: bool) -> None:
+        """Import device records: CSV with a header row, or JSON Lines.
+
+        Keys: serial (required), vendor, model, mac, imei, hnb_id, tenant,
+        profile, public_key (PEM or base64 DER SubjectPublicKeyInfo). An
+        empty field keeps what an existing device has. Every bad row is
+        reported by line; the exit status is 1 if there was any.
+        """
+        engine = get_instance(ctx).engine
+        size = os.path.getsize(file) if os.path.isfile(file) else 0
+        with click.progressbar(length=max(size, 1), label="importing", file=sys.stderr) as bar:
+            report = import_devices(
+                engine, file, mode=cast(ImportMode, mode), update_existing=not no_update,
+                progress=lambda done: bar.update(done - bar.pos),
+            )
+        if as_json:
+            click.echo(json.dumps({
+                "imported": report.imported, "updated": report.updated, "unchanged": report.unchanged,
+                "records": report.records, "committed": report.committed,
+                "bad_rows": [{"line": line, "message": message} for line, message in report.bad_rows],
+            }, indent=2))
+        else:
+            for line, message in report.bad_rows:
+                click.echo(f"line {line}: {message}")
+            if report.committed:
+                summary = f"imported {report.imported}, updated {report.updated}, unchanged {report.unchanged}"
+                if report.bad_rows:
+                    summary += f"; skipped {len(report.bad_rows)} bad row(s)"
+            else:
+                summary = (f"{len(report.bad_rows)} bad row(s): nothing imported (all-or-nothing; "
+                           "fix them, or use --mode skip-bad to import the good rows)")
+            click.echo(summary)
+        if report.bad_rows:
+            ctx.exit(1)
+
+    @devices.command("list")
+    @click.option("--state", type=click.Choice(DEVICE_STATES))
+    @click.option("--vendor")
+    @click.option("--profile")
+    @click.option("--limit", type=click.IntRange(min=1))
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_refusing
+    def devices_list(ctx: click.Context, state: str | None, vendor: str | None, profile: str | None,
+                     limit: int | None, as_json: bool) -> None:
+        """List devices in registration order."""
+        found = DeviceRegistry(get_instance(ctx).engine).list(vendor=vendor, state=state, profile=profile, limit=limit)
+        if as_json:
+            _stream_json(device_json(device) for device in found)
+            return
+        for d in found:
+            click.echo(f"{d.serial:<24} {d.state:<10} {d.vendor or '-':<12} {d.model or '-':<14} "
+                       f"{d.profile or '-':<14} {d.mac or '-':<17} {d.imei or '-'}")
+
+    @devices.command("show")
+    @click.argument("serial")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_refusing
+    def devices_show(ctx: click.Context, serial: str, as_json: bool) -> None:
+        """Show one device."""
+        device = DeviceRegistry(get_instance(ctx).engine).require(serial)
+        if as_json:
+            click.echo(json.dumps(device_json(device), indent=2))
+            return
+        for name, value in device_json(device).items():
+            if name == "public_key":
+                value = _key_summary(device.public_key) if device.public_key else None
+            click.echo(f"{name + ':':<16}{value if value is not None else '-'}")
+
+    @devices.command("assign")
+    @click.argument("serial", required=False)
+    @click.option("--profile", required=True)
+    @click.option("--vendor", help="Instead of SERIAL: every device of this vendor ...")
+    @click.option("--model", help="... and of this model.")
+    @click.pass_context
+    @_refusing
+    def devices_assign(ctx: click.Context, serial: str | None, profile: str, vendor: str | None,
+                       model: str | None) -> None:
+        """Assign a profile to a device, or to a fleet by vendor (and model).
+        It takes effect at the device's next enrolment or activation."""
+        registry = DeviceRegistry(get_instance(ctx).engine)
+        if (serial is None) == (vendor is None):
+            raise click.UsageError("give a SERIAL or --vendor (with --model if you like)")
+        if serial is not None:
+            if model is not None:
+                raise click.UsageError("--model goes with --vendor")
+            registry.assign_profile(serial, profile)
+            click.echo(f"device {serial}: profile {profile}")
+        else:
+            count = registry.set_profile_for(vendor=str(vendor), model=model, profile=profile)
+            click.echo(f"{count} device(s) of {vendor}{' ' + model if model else ''}: profile {profile}")
+
+    @devices.command("block")
+    @click.argument("serial")
+    @click.option("--reason", default="cessationOfOperation", show_default=True,
+                  help="The revocation reason of its certificates (RFC 5280), e.g. keyCompromise.")
+    @click.pass_context
+    @_refusing
+    def devices_block(ctx: click.Context, serial: str, reason: str) -> None:
+        """Block a device: its certificates are revoked and it cannot enrol again."""
+        instance = get_instance(ctx)
+        registry = DeviceRegistry(instance.engine)
+        registry.require(serial)
+        reason = reason_name(reason)
+        block_device = _admin_action(instance, "block_device")
+        if block_device is not None:
+            revoked = block_device(serial, reason)
+            click.echo(f"device {serial} blocked ({reason}); {len(revoked)} certificate(s) revoked")
+            return
+        registry.block(serial, reason)
+        click.echo(f"device {serial} blocked ({reason})")
+        click.echo("warning: its certificates were NOT revoked (no enrolment core in this build: "
+                   "ra.admin.block_device needs Instance.core); revoke them with `ztpki revoke`", err=True)
+
+    @devices.command("unblock")
+    @click.argument("serial")
+    @click.pass_context
+    @_refusing
+    def devices_unblock(ctx: click.Context, serial: str) -> None:
+        """Allow a blocked device to enrol again (it starts as 'registered')."""
+        instance = get_instance(ctx)
+        registry = DeviceRegistry(instance.engine)
+        if registry.require(serial).state != "blocked":
+            click.echo(f"device {serial} is not blocked")
+            return
+        unblock_device = _admin_action(instance, "unblock_device")
+        if unblock_device is not None:
+            unblock_device(serial)
+        else:
+            registry.unblock(serial)
+        click.echo(f"device {serial}: {registry.require(serial).state}")
+
+
+def _credential_state(info: CredentialInfo, at: datetime) -> str:
+    return info.failure(at) or "usable"
+
+
+def _credential_json(info: CredentialInfo, at: datetime) -> dict[str, Any]:
+    return {
+        "reference": info.reference, "kind": info.kind, "device": info.device_serial, "batch": info.batch,
+        "profile": info.profile, "uses": info.uses, "max_uses": info.max_uses,
+        "expires_at": _iso(info.expires_at), "state": _credential_state(info, at),
+        "created_at": _iso(info.created_at), "last_used_at": _iso(info.last_used_at),
+    }
+
+
+def _register_credentials(main: click.Group, get_instance: GetInstance) -> None:
+    @main.group("credentials")
+    def credentials() -> None:
+        """Enrolment credentials: CMP MAC secrets and EST passwords."""
+
+    @credentials.command("create")
+    @click.option("--device", "device_serial", help="Bind to this device ...")
+    @click.option("--batch", help="... or to this batch of devices.")
+    @click.option("--kind", type=click.Choice(["mac", "password"]), required=True,
+                  help="mac: a CMP shared secret (PBM/PBMAC1); password: an EST HTTP Basic password.")
+    @click.option("--profile", help="Restrict what the credential may obtain to this profile.")
+    @click.option("--username", help="EST username (default: a random one).")
+    @click.option("--ttl", metavar="DURATION", callback=_duration,
+                  help="Lifetime, e.g. 30m, 12h, 7d (default: no expiry).")
+    @click.option("--max-uses", type=click.IntRange(min=1))
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_refusing
+    def credentials_create(ctx: click.Context, device_serial: str | None, batch: str | None, kind: str,
+                           profile: str | None, username: str | None, ttl: timedelta | None,
+                           max_uses: int | None, as_json: bool) -> None:
+        """Create a credential; its secret is shown only now."""
+        if (device_serial is None) == (batch is None):
+            raise click.UsageError("give --device SERIAL or --batch NAME")
+        if username is not None and kind != "password":
+            raise click.UsageError("--username goes with --kind password")
+        instance = get_instance(ctx)
+        if device_serial is not None:
+            _usable_device(DeviceRegistry(instance.engine), device_serial)
+        binding: dict[str, Any] = dict(
+            device_serial=device_serial, batch=batch, profile=profile, ttl=ttl, max_uses=max_uses
+        )
+        if kind == "mac":
+            sealer = getattr(instance, "secret_sealer", None)
+            if sealer is None:
+                raise click.ClickException(
+                    "MAC credentials are sealed by a key in the token, and this instance has no sealing key "
+                    "(Instance.secret_sealer) yet; create an EST password (--kind password) instead")
+            name, secret = Credentials(instance.engine, sealer).create_mac(**binding)
+            labels = ("reference", "secret")
+        else:
+            name, secret = Credentials(instance.engine, None).create_password(username=username, **binding)
+            labels = ("username", "password")
+        if as_json:
+            click.echo(json.dumps({"kind": kind, labels[0]: name, labels[1]: secret}, indent=2))
+            return
+        click.echo(f"{labels[0]}: {name}\n{labels[1]}: {secret}")
+        hint = f"openssl cmp -ref {name} -secret pass:{secret}" if kind == "mac" else f"curl -u {name}:{secret}"
+        click.echo(f"(shown only now; e.g. {hint})", err=True)
+
+    @credentials.command("list")
+    @click.option("--device", "device_serial")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_refusing
+    def credentials_list(ctx: click.Context, device_serial: str | None, as_json: bool) -> None:
+        """List credentials (never their secrets)."""
+        at = now()
+        found = Credentials(get_instance(ctx).engine, None).list(device_serial=device_serial)
+        if as_json:
+            click.echo(json.dumps([_credential_json(info, at) for info in found], indent=2))
+            return
+        for info in found:
+            bound = f"device {info.device_serial}" if info.device_serial else f"batch {info.batch}"
+            uses = f"{info.uses}/{info.max_uses if info.max_uses is not None else '-'}"
+            expires = info.expires_at.isoformat(timespec="seconds") if info.expires_at else "never"
+            click.echo(f"{info.reference:<24} {info.kind:<8} {_credential_state(info, at):<8} {bound:<30} "
+                       f"uses {uses:<7} expires {expires}  profile {info.profile or '-'}")
+
+    @credentials.command("revoke")
+    @click.argument("reference")
+    @click.pass_context
+    @_refusing
+    def credentials_revoke(ctx: click.Context, reference: str) -> None:
+        """Revoke a credential (a MAC reference or an EST username)."""
+        Credentials(get_instance(ctx).engine, None).revoke(reference)
+        click.echo(f"credential {reference} revoked")
+
+
+def _pin_json(info: PinInfo, at: datetime) -> dict[str, Any]:
+    return {
+        "id": info.id, "device": info.device_serial, "state": info.shown_state(at), "failures": info.failures,
+        "expires_at": _iso(info.expires_at), "created_at": _iso(info.created_at), "used_at": _iso(info.used_at),
+    }
+
+
+def _register_pins(main: click.Group, get_instance: GetInstance) -> None:
+    @main.group("pins")
+    def pins() -> None:
+        """One-time enrolment PINs (SCEP challengePassword)."""
+
+    @pins.command("create")
+    @click.option("--device", "device_serial", required=True)
+    @click.option("--ttl", metavar="DURATION", callback=_duration, default="7d", show_default=True,
+                  help="Lifetime, e.g. 30m, 12h, 7d.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_refusing
+    def pins_create(ctx: click.Context, device_serial: str, ttl: timedelta, as_json: bool) -> None:
+        """Create the device's PIN (revoking any earlier one); it is shown only now."""
+        engine = get_instance(ctx).engine
+        device = _usable_device(DeviceRegistry(engine), device_serial)
+        pin = Pins(engine).create(device.serial, ttl)
+        if as_json:
+            click.echo(json.dumps({"device": device.serial, "pin": pin,
+                                   "expires_at": _iso(now() + ttl)}, indent=2))
+        else:
+            click.echo(pin)
+
+    @pins.command("list")
+    @click.option("--device", "device_serial")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @_refusing
+    def pins_list(ctx: click.Context, device_serial: str | None, as_json: bool) -> None:
+        """List PINs (never the PINs themselves)."""
+        at = now()
+        found = Pins(get_instance(ctx).engine).list(device_serial)
+        if as_json:
+            click.echo(json.dumps([_pin_json(info, at) for info in found], indent=2))
+            return
+        for info in found:
+            click.echo(f"{info.id:<6} {info.device_serial:<24} {info.shown_state(at):<8} failures {info.failures}  "
+                       f"expires {info.expires_at.isoformat(timespec='seconds')}")
+
+    @pins.command("revoke")
+    @click.option("--device", "device_serial")
+    @click.option("--id", "pin_id", type=int)
+    @click.pass_context
+    @_refusing
+    def pins_revoke(ctx: click.Context, device_serial: str | None, pin_id: int | None) -> None:
+        """Revoke the device's live PIN (or one PIN by --id)."""
+        if (device_serial is None) == (pin_id is None):
+            raise click.UsageError("give --device SERIAL or --id N")
+        count = Pins(get_instance(ctx).engine).revoke(device_serial, pin_id=pin_id)
+        click.echo(f"revoked {count} PIN(s)")
