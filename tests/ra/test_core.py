@@ -1,0 +1,271 @@
+"""The enrolment core end to end: real certificates for every kind of
+evidence and every rejection reason, on a real token and store."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ra.admin import block_device, unblock_device
+from ra.core import CorePolicy
+from ra.requests import (
+    CurrentCertificate,
+    HttpBasic,
+    Issued,
+    OneTimePin,
+    Operation,
+    Pending,
+    Rejected,
+    RejectReason,
+    Revoked,
+    SharedSecretReference,
+    TlsClientCertificate,
+    VendorCertificate,
+)
+from corehelpers import World, enrolment, make_world, trustfixtures
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return make_world(tmp_path_factory.mktemp("core"))
+
+
+def issued(decision: object) -> Issued:
+    assert isinstance(decision, Issued), decision
+    return decision
+
+
+def refused(decision: object, reason: RejectReason) -> Rejected:
+    assert isinstance(decision, Rejected), decision
+    assert decision.reason is reason, decision
+    return decision
+
+
+# -- vendor certificates (F1, F5) ------------------------------------------------
+
+
+def test_registered_device_with_its_idevid_gets_a_certificate_named_by_the_registry(world: World) -> None:
+    serial = world.device(tenant="Operator A")
+    result = issued(world.instance.core.decide(enrolment(VendorCertificate(world.idevid(serial)))))
+    cert = result.certificate
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == serial
+    assert cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == serial
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Operator A"
+    assert result.ca_certificates[0] == result.chain[-1]  # the operator root, for CMP caPubs
+    record = world.instance.store.certificate(cert.serial_number)
+    assert record.device_id == serial and record.profile == "enb"
+    assert world.instance.registry.get(serial).state == "active"  # type: ignore[union-attr]
+    last = list(world.instance.audit.records(device=serial))[-1]
+    assert last.outcome == "issued" and last.serial == format(cert.serial_number, "x")
+
+
+def test_idevid_over_tls_works_the_same(world: World) -> None:
+    serial = world.device()
+    issued(world.instance.core.decide(enrolment(TlsClientCertificate(world.idevid(serial)))))
+
+
+def test_expired_vendor_certificate_is_refused(world: World) -> None:
+    serial = world.device()
+    chain = world.idevid(serial, not_after=trustfixtures.NOW - timedelta(days=1), not_before=trustfixtures.NOW - timedelta(days=30))
+    refused(world.instance.core.decide(enrolment(VendorCertificate(chain))), RejectReason.CERTIFICATE_EXPIRED)
+
+
+def test_untrusted_vendor_root_is_refused(world: World) -> None:
+    serial = world.device()
+    chain = world.idevid(serial, pki=world.stranger)
+    refused(world.instance.core.decide(enrolment(VendorCertificate(chain))), RejectReason.UNTRUSTED_CERTIFICATE)
+
+
+def test_revoked_vendor_intermediate_is_refused(tmp_path: Path) -> None:
+    own = make_world(tmp_path)
+    serial = own.device()
+    crl = trustfixtures.make_crl(own.vendor.root, [own.vendor.intermediate.certificate.serial_number])
+    own.instance.trust.load_crl("acme", trustfixtures.crl_der(crl))
+    refused(own.instance.core.decide(enrolment(VendorCertificate(own.idevid(serial)))), RejectReason.CERTIFICATE_REVOKED)
+
+
+def test_device_not_in_the_registry_is_refused(world: World) -> None:
+    chain = world.idevid("NOT-REGISTERED-1")
+    refused(world.instance.core.decide(enrolment(VendorCertificate(chain))), RejectReason.UNKNOWN_DEVICE)
+
+
+def test_device_without_a_profile_gets_nothing(world: World) -> None:
+    serial = world.device(profile=None)
+    refused(world.instance.core.decide(enrolment(VendorCertificate(world.idevid(serial)))), RejectReason.NOT_AUTHORIZED)
+
+
+def test_blocked_device_is_refused_and_its_certificates_revoked(world: World) -> None:
+    core = world.instance.core
+    serial = world.device()
+    first = issued(core.decide(enrolment(VendorCertificate(world.idevid(serial)))))
+    revoked = block_device(core, serial, "keyCompromise", admin="alice")
+    assert revoked == [first.certificate.serial_number]
+    assert world.instance.store.certificate(first.certificate.serial_number).status == "revoked"
+    refused(core.decide(enrolment(VendorCertificate(world.idevid(serial)))), RejectReason.DEVICE_BLOCKED)
+    unblock_device(core, serial, admin="alice")
+    issued(core.decide(enrolment(VendorCertificate(world.idevid(serial)))))
+
+
+# -- PINs (F4) -------------------------------------------------------------------
+
+
+def test_pin_is_one_time_bound_to_its_device_and_locks(world: World) -> None:
+    core = world.instance.core
+    serial, other = world.device(profile="phone"), world.device(profile="phone")
+    pin = world.instance.pins.create(serial)
+    refused(core.decide(enrolment(OneTimePin(pin), claimed=other)), RejectReason.BAD_CREDENTIAL)
+    issued(core.decide(enrolment(OneTimePin(pin), claimed=serial)))
+    refused(core.decide(enrolment(OneTimePin(pin), claimed=serial)), RejectReason.BAD_CREDENTIAL)
+    guessed = world.instance.pins.create(other)
+    for attempt in range(5):
+        refused(core.decide(enrolment(OneTimePin(f"WRONG{attempt}"), claimed=other)), RejectReason.BAD_CREDENTIAL)
+    # Locked after the guesses: even the right PIN is refused now.
+    refused(core.decide(enrolment(OneTimePin(guessed), claimed=other)), RejectReason.BAD_CREDENTIAL)
+
+
+def test_expired_pin_is_refused(world: World) -> None:
+    serial = world.device(profile="phone")
+    pin = world.instance.pins.create(serial, ttl=timedelta(minutes=1))
+    from sqlalchemy import update
+
+    from ca.store import now
+    from vendor_trust.schema import pins
+
+    with world.instance.engine.begin() as conn:  # the minute has passed
+        conn.execute(update(pins).where(pins.c.device_serial == serial).values(expires_at=now() - timedelta(seconds=1)))
+    refused(world.instance.core.decide(enrolment(OneTimePin(pin), claimed=serial)), RejectReason.BAD_CREDENTIAL)
+
+
+# -- shared secrets and passwords -------------------------------------------------
+
+
+def test_mac_credential_has_a_use_limit(world: World) -> None:
+    serial = world.device()
+    reference, _secret = world.instance.credentials.create_mac(device_serial=serial, max_uses=1)
+    issued(world.instance.core.decide(enrolment(SharedSecretReference(reference))))
+    refused(world.instance.core.decide(enrolment(SharedSecretReference(reference))), RejectReason.BAD_CREDENTIAL)
+
+
+def test_batch_credential_needs_the_device_named_in_the_request(world: World) -> None:
+    serial = world.device(profile="ucpe")
+    reference, _ = world.instance.credentials.create_mac(batch="lot-7")
+    refused(world.instance.core.decide(enrolment(SharedSecretReference(reference))), RejectReason.UNKNOWN_DEVICE)
+    issued(world.instance.core.decide(enrolment(SharedSecretReference(reference), claimed=serial)))
+
+
+def test_http_basic_password(world: World) -> None:
+    serial = world.device(profile="ucpe")
+    user, password = world.instance.credentials.create_password(device_serial=serial)
+    refused(world.instance.core.decide(enrolment(HttpBasic(user, password + "x"))), RejectReason.BAD_CREDENTIAL)
+    issued(world.instance.core.decide(enrolment(HttpBasic(user, password))))
+
+
+# -- renewal and revocation ------------------------------------------------------------
+
+
+def test_renewal_with_the_current_certificate_and_refusals(world: World) -> None:
+    core = world.instance.core
+    serial, other = world.device(), world.device()
+    current = issued(core.decide(enrolment(VendorCertificate(world.idevid(serial))))).certificate
+    renewed = issued(core.decide(enrolment(CurrentCertificate(current), operation=Operation.RENEWAL)))
+    assert renewed.device == serial
+    # Renewal needs the current certificate, not a factory certificate.
+    refused(core.decide(enrolment(VendorCertificate(world.idevid(serial)), operation=Operation.RENEWAL)), RejectReason.NOT_AUTHORIZED)
+    # Another device's certificate does not renew this device.
+    refused(core.decide(enrolment(CurrentCertificate(current), operation=Operation.RENEWAL, claimed=other)), RejectReason.NOT_AUTHORIZED)
+    world.instance.revocations.revoke(current.serial_number, "superseded")
+    refused(core.decide(enrolment(CurrentCertificate(current), operation=Operation.RENEWAL)), RejectReason.CERTIFICATE_REVOKED)
+
+
+def test_device_revokes_its_own_certificate_only(world: World) -> None:
+    core = world.instance.core
+    serial, other = world.device(), world.device()
+    mine = issued(core.decide(enrolment(VendorCertificate(world.idevid(serial))))).certificate
+    theirs = issued(core.decide(enrolment(VendorCertificate(world.idevid(other))))).certificate
+    refused(core.decide(enrolment(CurrentCertificate(mine), operation=Operation.REVOCATION, revoke_serial=theirs.serial_number)), RejectReason.NOT_AUTHORIZED)
+    assert isinstance(core.decide(enrolment(CurrentCertificate(mine), operation=Operation.REVOCATION, revoke_serial=mine.serial_number)), Revoked)
+
+
+# -- policy ------------------------------------------------------------------------------
+
+
+def test_ca_true_and_foreign_sans_and_missing_pop_are_refused(world: World) -> None:
+    core = world.instance.core
+    serial = world.device()
+    evidence = VendorCertificate(world.idevid(serial))
+    ca_true = x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=True, path_length=None))
+    refused(core.decide(enrolment(evidence, extensions=(ca_true,))), RejectReason.POLICY_VIOLATION)
+    refused(core.decide(enrolment(evidence, sans=(x509.DNSName("bank.example.com"),))), RejectReason.POLICY_VIOLATION)
+    refused(core.decide(enrolment(evidence, pop=False)), RejectReason.BAD_POP)
+    own = issued(core.decide(enrolment(evidence, sans=(x509.DNSName(f"{serial.lower()}.ran.example.net"),))))
+    san = own.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [f"{serial.lower()}.ran.example.net"]
+
+
+def test_no_evidence_is_not_authorized(world: World) -> None:
+    refused(world.instance.core.decide(enrolment()), RejectReason.NOT_AUTHORIZED)
+
+
+# -- transactions, approval, overload ------------------------------------------------------
+
+
+def test_a_retried_transaction_gets_the_same_certificate_and_a_reused_id_is_refused(world: World) -> None:
+    core = world.instance.core
+    serial = world.device()
+    evidence = VendorCertificate(world.idevid(serial))
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    first = issued(core.decide(enrolment(evidence, transaction="tx-1", key=key)))
+    again = issued(core.decide(enrolment(evidence, transaction="tx-1", key=key)))
+    assert again.certificate == first.certificate
+    assert len(list(world.instance.store.certificates(device_id=serial))) == 1
+    refused(core.decide(enrolment(evidence, transaction="tx-1")), RejectReason.TRANSACTION_IN_USE)
+
+
+def test_manual_approval_then_one_certificate(world: World) -> None:
+    core = world.instance.core
+    cas = world.instance.cas
+    cas.profiles["enb-manual"] = dataclasses.replace(cas.profiles["enb"], name="enb-manual", approval="manual")
+    serial = world.device(profile="enb-manual")
+    pending = core.decide(enrolment(VendorCertificate(world.idevid(serial)), transaction="tx-manual"))
+    assert isinstance(pending, Pending) and pending.retry_after > 0
+    assert isinstance(core.result_of(pending.request_id), Pending)
+    world.instance.pending.approve(pending.request_id, "alice")
+    first = issued(core.result_of(pending.request_id))
+    assert issued(core.result_of(pending.request_id)).certificate == first.certificate
+    assert issued(core.issue_approved(pending.request_id)).certificate == first.certificate
+    assert len(list(world.instance.store.certificates(device_id=serial))) == 1
+
+
+def test_rejected_pending_request(world: World) -> None:
+    core = world.instance.core
+    cas = world.instance.cas
+    cas.profiles["enb-manual"] = dataclasses.replace(cas.profiles["enb"], name="enb-manual", approval="manual")
+    serial = world.device(profile="enb-manual")
+    pending = core.decide(enrolment(VendorCertificate(world.idevid(serial))))
+    assert isinstance(pending, Pending)
+    world.instance.pending.reject(pending.request_id, "alice", "not this one")
+    refused(core.result_of(pending.request_id), RejectReason.REQUEST_REJECTED)
+
+
+def test_overload_answers_retry_later(tmp_path: Path) -> None:
+    own = make_world(tmp_path)
+    core = own.instance.core
+    core.policy = CorePolicy(global_limit=2)
+    serial = own.device()
+    results = [core.decide(enrolment(VendorCertificate(own.idevid(serial)))) for _ in range(4)]
+    busy = [r for r in results if isinstance(r, Rejected)]
+    assert busy and all(r.reason is RejectReason.SYSTEM_UNAVAILABLE and r.retry_after for r in busy)
+
+
+def test_every_decision_is_audited_and_the_chain_verifies(world: World) -> None:
+    before = world.instance.audit.count()
+    world.instance.core.decide(enrolment())
+    assert world.instance.audit.count() == before + 1
+    assert world.instance.audit.verify().ok
