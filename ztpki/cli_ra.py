@@ -14,8 +14,6 @@ Approving and rejecting leave an audit record whose actor is the admin
 from __future__ import annotations
 
 import getpass
-import importlib
-import importlib.util
 import json
 import os
 from typing import TYPE_CHECKING, Any, Callable
@@ -157,29 +155,13 @@ def _pending_json(record: PendingRecord, *, with_request: bool) -> dict[str, Any
 
 
 def _issue_approved(instance: Any, request_id: str) -> Any:
-    """Have the core deliver an approved request, where it can.
-
-    ra.core is imported only here: the audit and request commands must work
-    without the token, and the core may not offer this (then the device's
-    next poll gets the certificate).
-    """
-    if importlib.util.find_spec("ra.core") is None:
-        return None
-    core_module = importlib.import_module("ra.core")
-    issue = getattr(core_module, "issue_approved", None)
-    if callable(issue):
-        return issue(instance, request_id)
-    core = getattr(instance, "core", None)
-    method = getattr(core, "issue_approved", None)
-    if callable(method):
-        return method(request_id)
-    return None
+    """Have the core deliver the approved request now (idempotent: the
+    device's next poll gets the same certificate)."""
+    return instance.core.issue_approved(request_id)
 
 
 def _describe_issue(request_id: str, result: Any) -> tuple[str, bool]:
     """(message, success) for what _issue_approved() returned."""
-    if result is None:
-        return f"request {request_id} approved; the device gets its certificate at its next poll", True
     if isinstance(result, Issued):
         return f"request {request_id} approved; certificate {result.certificate.serial_number:x} issued", True
     if isinstance(result, Rejected):

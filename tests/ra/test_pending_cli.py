@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
-import sys
-import types
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Iterator
 
 import click
 import pytest
@@ -23,7 +20,7 @@ import ra.db
 from ca.store import make_engine
 from ra.audit import AuditLog
 from ra.pending import PendingRecord, PendingRequests
-from ra.requests import EnrolmentRequest, Issued, OneTimePin, Operation, Pending, Protocol, Rejected, RejectReason
+from ra.requests import EnrolmentRequest, OneTimePin, Operation, Pending, Protocol
 from ra.serialize import encode_request
 from ztpki import cli_ra
 
@@ -55,15 +52,6 @@ def main(instance: SimpleNamespace) -> click.Group:
 def admin(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("ZTPKI_ADMIN", "carol")
     return "carol"
-
-
-def _core_module(monkeypatch: pytest.MonkeyPatch, **attributes: Any) -> None:
-    """Stand in for ra.core (written elsewhere) with just what the CLI looks for."""
-    module = types.ModuleType("ra.core")
-    module.__spec__ = importlib.machinery.ModuleSpec("ra.core", None)
-    for name, value in attributes.items():
-        setattr(module, name, value)
-    monkeypatch.setitem(sys.modules, "ra.core", module)
 
 
 def _request() -> EnrolmentRequest:
@@ -118,65 +106,7 @@ def test_requests_show_of_an_unknown_id_fails_in_one_line(main: click.Group) -> 
     assert result.stderr.strip() == "Error: no request nope"
 
 
-def test_approve_without_a_core_leaves_delivery_to_the_next_poll_and_audits_the_admin(
-    main: click.Group, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _core_module(monkeypatch)
-    record = _pending(engine)
-    result = CliRunner().invoke(main, ["requests", "approve", record.id])
-    assert result.exit_code == 0, result.output
-    assert "next poll" in result.stdout
-    stored = PendingRequests(engine).get(record.id)
-    assert stored is not None and (stored.status, stored.decided_by) == ("approved", "carol")
-    (audit,) = AuditLog(engine).records()
-    assert (audit.actor, audit.operation, audit.device, audit.outcome) == ("carol", "approve-request", "SN-7", "admin")
-    assert audit.details["request_id"] == record.id
-
-
-def test_approve_asks_the_core_to_issue_and_reports_the_certificate(
-    main: click.Group, engine: Engine, instance: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[Any, str]] = []
-    certificate = _certificate()
-
-    def issue_approved(given: Any, request_id: str) -> Issued:
-        calls.append((given, request_id))
-        return Issued(certificate=certificate, chain=(), ca_certificates=())
-
-    _core_module(monkeypatch, issue_approved=issue_approved)
-    record = _pending(engine)
-    result = CliRunner().invoke(main, ["requests", "approve", record.id])
-    assert result.exit_code == 0, result.output
-    assert calls == [(instance, record.id)]
-    assert "certificate abcdef issued" in result.stdout
-
-
-def test_approve_falls_back_to_the_instance_core(
-    main: click.Group, engine: Engine, instance: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _core_module(monkeypatch)
-    instance.core = SimpleNamespace(issue_approved=lambda request_id: Pending(request_id, 30))
-    result = CliRunner().invoke(main, ["requests", "approve", _pending(engine).id])
-    assert result.exit_code == 0, result.output
-    assert "retry in 30 s" in result.stdout
-
-
-def test_approving_again_retries_delivery_without_a_second_approval_record(
-    main: click.Group, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    answers = [Rejected(RejectReason.SYSTEM_UNAVAILABLE, "token down"), None]
-    _core_module(monkeypatch, issue_approved=lambda instance, request_id: answers.pop(0))
-    record = _pending(engine)
-    failed = CliRunner().invoke(main, ["requests", "approve", record.id])
-    assert failed.exit_code == 1
-    assert "not issued: system_unavailable: token down" in failed.stdout
-    again = CliRunner().invoke(main, ["requests", "approve", record.id])
-    assert again.exit_code == 0, again.output
-    assert [r.operation for r in AuditLog(engine).records()] == ["approve-request"]
-
-
 def test_reject_records_the_reason_and_audits_it(main: click.Group, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    _core_module(monkeypatch)
     record = _pending(engine)
     result = CliRunner().invoke(main, ["requests", "reject", record.id, "--reason", "unknown phone"])
     assert result.exit_code == 0, result.output
@@ -188,3 +118,32 @@ def test_reject_records_the_reason_and_audits_it(main: click.Group, engine: Engi
     assert refused.exit_code == 1
     assert "rejected, not pending" in refused.stderr
     assert len(list(AuditLog(engine).records())) == 1
+
+
+def test_approve_has_the_core_issue_once_and_audits_the_admin(tmp_path: Path) -> None:
+    import dataclasses
+
+    from corehelpers import enrolment, make_world
+    from ra.requests import VendorCertificate
+
+    world = make_world(tmp_path)
+    cas = world.instance.cas
+    cas.profiles["enb-manual"] = dataclasses.replace(cas.profiles["enb"], name="enb-manual", approval="manual")
+    serial = world.device(profile="enb-manual")
+    pending = world.instance.core.decide(enrolment(VendorCertificate(world.idevid(serial)), transaction="tx-cli"))
+    assert isinstance(pending, Pending)
+
+    @click.group()
+    def main() -> None:
+        pass
+
+    cli_ra.register(main, lambda ctx: world.instance)  # type: ignore[arg-type,return-value]
+    result = CliRunner().invoke(main, ["requests", "approve", pending.request_id])
+    assert result.exit_code == 0, result.output
+    (certificate,) = world.instance.store.certificates(device_id=serial)
+    assert f"certificate {certificate.serial_hex} issued" in result.stdout
+    again = CliRunner().invoke(main, ["requests", "approve", pending.request_id])
+    assert again.exit_code == 1
+    assert len(list(world.instance.store.certificates(device_id=serial))) == 1
+    approvals = [r for r in world.instance.audit.records() if r.operation == "approve-request"]
+    assert [(r.actor, r.device) for r in approvals] == [("carol", serial)]
