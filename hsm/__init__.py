@@ -36,24 +36,49 @@ One login, a pool of sessions (``token.py``)
     ``C_Sign``, give the session back; no login and no object search.
     Generating a key bumps the pool's epoch, which empties those caches.
 
+Several processes on one token (``_login.py``)
+    SoftHSM2 rewrites ``token.object`` in place on every ``C_Login``, and a
+    process that initialises the module, looks the token up or logs in at
+    that moment can read it half-written: no token with our label,
+    ``CKR_GENERAL_ERROR`` from ``C_Login`` or from the token lookup
+    (SoftHSMv2 issue #757), and that process keeps the broken view until it
+    initialises the module again. So the whole opening step (``C_Initialize``
+    when due, token lookup, first session, ``C_Login``) runs under an
+    exclusive ``flock`` shared by all ztpki processes. Its file lies in the
+    token directory of a SoftHSM2 home; for other modules, in a per-user
+    temporary directory, named after a hash of (module, token label). It is
+    never held during operations, and is waited for at most 10 s. The
+    opening step is retried, up to 5 attempts with 20-50 ms random pauses
+    and the module initialised afresh each time, for those symptoms only
+    (token not found, general or device error, user PIN "not
+    initialised"); a refused PIN is never retried, so a retry cannot lock
+    the token.
+
 Recovery
     When an operation fails because the session, the login or the module
     state went away (session handle invalid, device removed, not logged in,
     module not initialised, ...), the pool is abandoned, the Token logs in
     again on fresh sessions and the operation is retried once; a second
-    failure raises :class:`TokenUnavailable`. Abandoned sessions are never
-    closed, because after a reset their handle numbers may already belong
-    to new sessions. A stale key handle only empties the key caches. A wrong
-    PIN is never retried, so a retry cannot lock the token.
+    failure raises :class:`TokenUnavailable`. ``CKR_GENERAL_ERROR`` is
+    handled the same way, except that the module is initialised afresh
+    before the new login (other Tokens of the process on that module then
+    reopen too, as with several homes) and a second failure stays an
+    :class:`HsmError`. RSA decryption is left out, since SoftHSM2 also says
+    ``CKR_GENERAL_ERROR`` to a ciphertext that does not decrypt, and so is
+    the AES-GCM decryption of ``unseal`` (see Sealing). Abandoned sessions
+    are never closed, because after a reset their handle numbers may
+    already belong to new sessions. A stale key handle only empties the key
+    caches.
 
 Fork (pre-forking servers such as gunicorn)
     ``os.register_at_fork`` and a pid check make a child drop every session,
     pool and lock it inherited, without one PKCS#11 call on the parent's
-    handles. On first use the child calls ``C_Initialize``; a module that
-    did not notice the fork answers ``CKR_CRYPTOKI_ALREADY_INITIALIZED``, and
-    only then does the child call ``C_Finalize`` first, which for an
-    in-process module such as SoftHSM2 discards only the child's copy of the
-    state. The child then logs in afresh. The parent is unaffected.
+    handles. On first use the child calls ``C_Initialize``, under the login
+    lock like every opening; a module that did not notice the fork answers
+    ``CKR_CRYPTOKI_ALREADY_INITIALIZED``, and only then does the child call
+    ``C_Finalize`` first, which for an in-process module such as SoftHSM2
+    discards only the child's copy of the state. The child then logs in
+    afresh. The parent is unaffected.
 
 Sealing (``_secret.py``)
     Enrolment secrets (CMP MAC shared secrets) are stored in the database
@@ -64,6 +89,10 @@ Sealing (``_secret.py``)
     ciphertext || tag``; the version byte is part of the authenticated data,
     followed by the caller's ``aad``. A blob that does not authenticate
     (altered, another key, another ``aad``) raises :class:`SealError`.
+    SoftHSM2 reports that as ``CKR_GENERAL_ERROR``, which may also be the
+    trace of a disturbed token file: the blob is then tried once more, and
+    only if the key still round-trips a random canary is it a SealError
+    (if not, the token's error goes to the ``_run`` recovery).
     Secret keys have their own per-session cache and go through the same
     ``_run`` recovery and fork handling as signing; ``list_keys``,
     ``key_info`` and ``signer`` never take a secret key for a signing key

@@ -48,6 +48,18 @@ class KeyObjects:
     info: KeyInfo
 
 
+def check_label(label: str) -> None:
+    if not isinstance(label, str) or not label:
+        raise HsmError("a key label must be a non-empty string")
+
+
+def check_fits(algorithm: SignAlgorithm, info: KeyInfo) -> None:
+    if not algorithm.fits(info.key_type):
+        raise HsmError(
+            f"algorithm {algorithm.value} cannot be used with key {info.label!r} ({info.key_type.value})"
+        )
+
+
 def keypair_templates(
     key_type: KeyType, label: str, key_id: bytes
 ) -> tuple[pkcs11.KeyType, int | None, MechanismFlag, dict[Attribute, Any], dict[Attribute, Any]]:

@@ -107,6 +107,8 @@ class Module:
         self.initialized = False
         self.serialized = False
         self.active_conf: str | None = None
+        # C_Login calls made by this process, for tests and diagnostics.
+        self.login_calls = 0
         try:
             dll = ctypes.CDLL(path)
             get_list = dll.C_GetFunctionList
@@ -130,18 +132,25 @@ class Module:
         except PKCS11Error as exc:
             raise TokenUnavailable(f"python-pkcs11 cannot load {path!r}: {exc}") from None
 
-    def ensure(self, conf: str | None) -> int:
-        """Make the module usable with ``conf`` (a SoftHSM2 config); return its generation.
-
-        Every Token remembers the generation its sessions were opened under;
-        a different number means those sessions no longer exist.
-        """
+    def ready(self, conf: str | None) -> int | None:
+        """The generation if the module is usable with ``conf`` as it is, else None."""
         if (
             self._pid == os.getpid()
             and self.initialized
             and (conf is None or conf == self.active_conf)
         ):
             return self.generation
+        return None
+
+    def ensure(self, conf: str | None) -> int:
+        """Make the module usable with ``conf`` (a SoftHSM2 config); return its generation.
+
+        Every Token remembers the generation its sessions were opened under;
+        a different number means those sessions no longer exist.
+        """
+        generation = self.ready(conf)
+        if generation is not None:
+            return generation
         with self._lock:
             if self._pid != os.getpid():
                 self._after_fork()
@@ -153,12 +162,16 @@ class Module:
                 self._initialize(conf)
             return self.generation
 
-    def reinitialize(self) -> None:
-        """C_Finalize + C_Initialize: every session of every Token on this module is gone."""
+    def reinitialize(self) -> int:
+        """C_Finalize + C_Initialize: every session of every Token on this module is gone.
+
+        Returns the new generation. SoftHSM2 reads its token directory afresh.
+        """
         with self._lock:
             if self.initialized:
                 self._finalize()
             self._initialize(self.active_conf)
+            return self.generation
 
     def _initialize(self, conf: str | None) -> None:
         if conf is not None:
@@ -217,6 +230,7 @@ class Module:
     def login(self, session_handle: int, pin: str) -> int:
         """C_Login as the user; returns the CKR code, ALREADY_LOGGED_IN counting as success."""
         data = pin.encode("utf-8")
+        self.login_calls += 1
         rv = int(self._c_login(session_handle, CKU_USER, data, len(data)))
         return CKR_OK if rv == CKR_USER_ALREADY_LOGGED_IN else rv
 

@@ -17,8 +17,12 @@ standard specifies: its output equals ``cryptography``'s ``AESGCM`` for the
 same key, IV and AAD. It reports a failed tag check as ``CKR_GENERAL_ERROR``
 (a token following PKCS#11 3.0 says ``CKR_ENCRYPTED_DATA_INVALID``); both,
 and the other answers that can only mean "this blob does not authenticate",
-become :class:`SealError`. Session-loss errors pass through untouched, so
-that ``Token._run`` can recover from them as for signing.
+become :class:`SealError`. ``CKR_GENERAL_ERROR`` is also SoftHSM2's answer
+after it read a token file that another process was rewriting, so that one
+is checked first: the blob is tried once more, then the key must seal and
+unseal a random canary; only if it can is the blob declared bad. A failing
+canary, like every session-loss error, passes through untouched, so that
+``Token._run`` can recover from it as for signing.
 """
 
 from __future__ import annotations
@@ -122,17 +126,42 @@ def unseal(key: pkcs11.SecretKey, blob: bytes, aad: bytes) -> bytes:
         raise SealError(f"sealed blob has unknown format version {blob[0]}")
     iv, body = blob[1 : 1 + IV_BYTES], blob[1 + IV_BYTES :]
     params = GCMParams(iv, _HEADER + aad, TAG_BYTES * 8)
-    try:
-        plain = key.decrypt(body, mechanism=Mechanism.AES_GCM, mechanism_param=params)
-    except _AUTH_FAILURES:
-        plain = None
+    plain, ambiguous = _decrypt(key, body, params)
+    if plain is None and ambiguous:
+        # CKR_GENERAL_ERROR is also what SoftHSM2 answers when it read a token
+        # file another process was rewriting. That passes: try once more, and
+        # if the key cannot even open a blob of its own (a PKCS11Error escapes
+        # for Token._run to recover from), the blob is not what is wrong.
+        plain, _ = _decrypt(key, body, params)
+        if plain is None:
+            _check_round_trip(key)
     # Raised outside the except block, so that no pkcs11 exception rides along.
     if plain is None:
         raise SealError(
             "sealed blob does not authenticate: it was altered, or sealed under "
             "another key or with other associated data"
         )
-    assert isinstance(plain, bytes)  # a bytes input never yields the streaming form
     if len(plain) != len(body) - TAG_BYTES:
         raise HsmError("the token returned AES-GCM output of an unexpected length")
     return plain
+
+
+def _decrypt(key: pkcs11.DecryptMixin, body: bytes, params: GCMParams) -> tuple[bytes | None, bool]:
+    """(plaintext, or None if the token refused the blob; whether its refusal was CKR_GENERAL_ERROR)."""
+    try:
+        plain = key.decrypt(body, mechanism=Mechanism.AES_GCM, mechanism_param=params)
+    except _AUTH_FAILURES as exc:
+        return None, isinstance(exc, p11e.GeneralError)
+    assert isinstance(plain, bytes)  # a bytes input never yields the streaming form
+    return plain, False
+
+
+def _check_round_trip(key: pkcs11.DecryptMixin) -> None:
+    """Seal and unseal a random canary; the token's error if that fails."""
+    if not isinstance(key, pkcs11.EncryptMixin):
+        return
+    canary = os.urandom(16)
+    params = GCMParams(os.urandom(IV_BYTES), _HEADER, TAG_BYTES * 8)
+    sealed = key.encrypt(canary, mechanism=Mechanism.AES_GCM, mechanism_param=params)
+    if key.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params) != canary:
+        raise HsmError("the token's AES-GCM does not round-trip")

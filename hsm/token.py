@@ -7,14 +7,14 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pkcs11
 import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from . import _keys, _secret
-from ._module import CKR_OK, Module, get_module, rv_name
+from . import _keys, _login, _secret
+from ._module import Module, get_module
 from .algorithms import KeyInfo, KeyType, SignAlgorithm, default_sign_algorithm
 from .config import TokenConfig
 from .errors import HsmError, KeyExists, KeyNotFound, TokenUnavailable, error_name, is_session_loss, translate
@@ -62,6 +62,8 @@ class Token:
         self._max_sessions = max_sessions
         self._module: Module | None = None
         self._pool: _Pool | None = None
+        # Set when the next pool must be opened on a freshly initialised module.
+        self._reinitialize = False
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
         self._generate_lock = threading.Lock()
@@ -80,7 +82,7 @@ class Token:
 
     def generate_key(self, label: str, key_type: KeyType) -> KeyInfo:
         key_type = KeyType(key_type)
-        _check_label(label)
+        _keys.check_label(label)
         what = f"generate key {label!r}"
 
         def check(pool: _Pool, s: _Session) -> None:
@@ -129,7 +131,7 @@ class Token:
     def signer(self, label: str, algorithm: SignAlgorithm | None = None) -> KeySigner:
         info = self.key_info(label)
         chosen = default_sign_algorithm(info.key_type) if algorithm is None else SignAlgorithm(algorithm)
-        _check_fits(chosen, info)
+        _keys.check_fits(chosen, info)
         return KeySigner(self, label, chosen, info.key_type)
 
     def sign(self, label: str, data: bytes, algorithm: SignAlgorithm) -> bytes:
@@ -138,7 +140,7 @@ class Token:
 
         def op(pool: _Pool, s: _Session) -> bytes:
             objects = self._objects(pool, s, label)
-            _check_fits(algorithm, objects.info)
+            _keys.check_fits(algorithm, objects.info)
             return _keys.sign(objects.private, algorithm, payload)
 
         return self._run(f"sign with key {label!r}", op)
@@ -152,13 +154,14 @@ class Token:
                 raise HsmError(f"key {label!r} is {objects.info.key_type.value}, decrypt needs RSA")
             return _keys.decrypt(objects.private, payload)
 
-        return self._run(f"decrypt with key {label!r}", op)
+        # SoftHSM2 answers CKR_GENERAL_ERROR to a ciphertext that does not decrypt.
+        return self._run(f"decrypt with key {label!r}", op, general_retry=False)
 
     # -- sealing: AES-256-GCM under a secret key that stays in the token --
 
     def generate_secret_key(self, label: str) -> None:
         """Generate the AES-256 sealing key ``label``; KeyExists if any object has that label."""
-        _check_label(label)
+        _keys.check_label(label)
         what = f"generate secret key {label!r}"
 
         def check(pool: _Pool, s: _Session) -> None:
@@ -220,8 +223,15 @@ class Token:
     def _name(self) -> str:
         return repr(self.config.token_label)
 
-    def _run(self, what: str, op: Callable[[_Pool, _Session], T], *, retry: bool = True) -> T:
-        """Run ``op`` on a pooled session; map errors; retry once on fresh sessions."""
+    def _run(
+        self, what: str, op: Callable[[_Pool, _Session], T], *, retry: bool = True, general_retry: bool = True
+    ) -> T:
+        """Run ``op`` on a pooled session; map errors; retry once on fresh sessions.
+
+        GeneralError counts as a loss too, recovered on a freshly initialised
+        module (see ``_login``), unless ``general_retry`` is False: for
+        operations where it is also the answer to bad input (RSA decryption).
+        """
         for attempt in (1, 2):
             pool: _Pool | None = None
             session: _Session | None = None
@@ -241,7 +251,8 @@ class Token:
             # Raised outside the except block so that no pkcs11 exception
             # rides along as __context__.
             stale = isinstance(failure, _STALE)
-            lost = is_session_loss(failure) and not stale
+            general = general_retry and isinstance(failure, p11e.GeneralError)
+            lost = (is_session_loss(failure) and not stale) or general
             if pool is not None and session is not None:
                 self._checkin(pool, session, healthy=not lost)
             if not (stale or lost):
@@ -249,10 +260,14 @@ class Token:
             if stale and pool is not None:
                 pool.epoch += 1
             if lost:
-                self._drop(pool)
-            if attempt == 1 and retry:
+                self._drop(pool, reinitialize=general)
+            if not retry:
+                raise translate(failure, what)
+            if attempt == 1:
                 log.warning("token %s: %s during %s; retrying", self._name, error_name(failure), what)
                 continue
+            if general:
+                raise HsmError(f"{what}: {error_name(failure)}, also after reopening the session")
             raise TokenUnavailable(
                 f"{what}: token {self._name} unavailable ({error_name(failure)}), "
                 "also after reopening the session"
@@ -269,12 +284,14 @@ class Token:
         if self._pid != os.getpid():
             self._forget_after_fork()
         module = self._loaded_module()
-        generation = module.ensure(self.config.softhsm_conf)
         with self._cond:
             while True:
                 pool = self._pool
-                if pool is None or pool.dead or pool.generation != generation:
-                    pool = self._pool = self._open_pool(module, generation)
+                # None if the module must be (re)initialised first, which
+                # happens while opening the pool, under the login lock.
+                generation = module.ready(self.config.softhsm_conf)
+                if pool is None or pool.dead or generation is None or pool.generation != generation:
+                    pool = self._pool = self._open_pool(module)
                 if pool.idle:
                     return pool, pool.idle.pop()
                 if pool.size < self._max_sessions:
@@ -291,21 +308,10 @@ class Token:
             raise
         return pool, _Session(p11, pool.epoch)
 
-    def _open_pool(self, module: Module, generation: int) -> _Pool:
-        """Find the token and log in; called with the Token lock held."""
-        label = self.config.token_label
-        with module.guard():
-            try:
-                p11_token = module.lib.get_token(token_label=label)
-            except p11e.NoSuchToken:
-                raise TokenUnavailable(f"no token labelled {label!r} in {module.path!r}") from None
-            except p11e.MultipleTokensReturned:
-                raise TokenUnavailable(f"several tokens labelled {label!r} in {module.path!r}") from None
-            first = p11_token.open(rw=True)
-            rv = module.login(first.handle, self.config.pin)
-            if rv != CKR_OK:
-                _quiet_close(first)
-                raise TokenUnavailable(f"login to token {label!r} failed: {rv_name(rv)}")
+    def _open_pool(self, module: Module) -> _Pool:
+        """Initialise the module if need be, find the token and log in; called with the Token lock held."""
+        generation, p11_token, first = _login.open_token(module, self.config, fresh=self._reinitialize)
+        self._reinitialize = False
         pool = _Pool(generation, p11_token)
         pool.idle.append(_Session(first, pool.epoch))
         pool.size = 1
@@ -324,7 +330,7 @@ class Token:
         if close:
             self._close_session(pool, session)
 
-    def _drop(self, pool: _Pool | None) -> None:
+    def _drop(self, pool: _Pool | None, *, reinitialize: bool = False) -> None:
         # The dropped sessions are abandoned, not closed: after a module reset
         # their handle numbers may already belong to new sessions.
         with self._cond:
@@ -332,13 +338,14 @@ class Token:
             if current is not None and (pool is None or pool is current):
                 current.dead = True
                 self._pool = None
+                self._reinitialize |= reinitialize
             self._cond.notify_all()
 
     def _close_session(self, pool: _Pool, session: _Session) -> None:
         module = self._loaded_module()
         if pool.generation == module.generation and self._pid == os.getpid():
             with module.guard():
-                _quiet_close(session.p11)
+                _login.quiet_close(session.p11)
 
     def _objects(self, pool: _Pool, s: _Session, label: str) -> _keys.KeyObjects:
         _refresh(pool, s)
@@ -365,6 +372,7 @@ class Token:
         # single PKCS#11 call, and replace locks a parent thread may hold.
         self._pid = os.getpid()
         self._pool = None
+        self._reinitialize = False
         self._cond = threading.Condition(threading.Lock())
         self._generate_lock = threading.Lock()
 
@@ -375,25 +383,6 @@ def _refresh(pool: _Pool, s: _Session) -> None:
         s.keys.clear()
         s.secrets.clear()
         s.epoch = pool.epoch
-
-
-def _check_label(label: str) -> None:
-    if not isinstance(label, str) or not label:
-        raise HsmError("a key label must be a non-empty string")
-
-
-def _check_fits(algorithm: SignAlgorithm, info: KeyInfo) -> None:
-    if not algorithm.fits(info.key_type):
-        raise HsmError(
-            f"algorithm {algorithm.value} cannot be used with key {info.label!r} ({info.key_type.value})"
-        )
-
-
-def _quiet_close(session: Any) -> None:
-    try:
-        session.close()
-    except p11e.PKCS11Error:
-        pass
 
 
 _live_tokens: weakref.WeakSet[Token] = weakref.WeakSet()

@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from multiprocessing.synchronize import Barrier
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -18,6 +19,7 @@ from hsm import _keys
 from hsmhelpers import SO_PIN, USER_PIN, verify
 
 ECDSA = SignAlgorithm.ECDSA_SHA256
+FORK_CHILDREN = 4
 
 
 def _current_pool_size(token: Token) -> int:
@@ -83,8 +85,41 @@ def test_threads_wait_for_a_bounded_pool(softhsm_config: TokenConfig) -> None:
     token.close()
 
 
-def _child(token: Token, label: str, queue: multiprocessing.SimpleQueue[tuple[str, object]]) -> None:
+def test_threads_opening_a_fresh_token_log_in_once(make_home: Callable[[str], TokenConfig]) -> None:
+    setup = Token(make_home("fresh"))
+    setup.generate_key("k", KeyType.EC_P256)
+    setup.close()
+    # Another home becomes active, so the module must be initialised anew for this one.
+    Token(make_home("elsewhere")).list_keys()
+    token = Token(setup.config)
+    module = token._loaded_module()
+    before = module.login_calls
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            token.sign("k", b"first use", ECDSA)
+        except BaseException as exc:  # the main thread reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert module.login_calls - before == 1
+    token.close()
+
+
+def _child(
+    token: Token, label: str, barrier: Barrier, queue: multiprocessing.SimpleQueue[tuple[str, object]]
+) -> None:
     try:
+        # All children log in at the same moment, as gunicorn workers do.
+        barrier.wait(60)
         data = b"child %d" % os.getpid()
         signature = token.sign(label, data, ECDSA)
         verify(token.public_key(label), ECDSA, signature, data)
@@ -113,13 +148,14 @@ def test_fork(softhsm_config: TokenConfig, tmp_path: pathlib.Path, reset_on_fork
 
     ctx = multiprocessing.get_context("fork")
     queue: multiprocessing.SimpleQueue[tuple[str, object]] = ctx.SimpleQueue()
-    children = [ctx.Process(target=_child, args=(token, "fork-key", queue)) for _ in range(2)]
+    barrier = ctx.Barrier(FORK_CHILDREN)
+    children = [ctx.Process(target=_child, args=(token, "fork-key", barrier, queue)) for _ in range(FORK_CHILDREN)]
     for child in children:
         child.start()
+    reports = [queue.get() for _ in children]
     for child in children:
         child.join(60)
-    reports = [queue.get() for _ in children]
-    assert [c.exitcode for c in children] == [0, 0]
+    assert [c.exitcode for c in children] == [0] * FORK_CHILDREN
     for status, payload in reports:
         assert status == "ok", payload
         assert isinstance(payload, tuple)

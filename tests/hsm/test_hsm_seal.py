@@ -7,8 +7,10 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pkcs11
+import pkcs11.exceptions
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, ObjectClass
@@ -314,3 +316,71 @@ def test_key_replaced_by_another_process(token: Token, softhsm_config: TokenConf
     assert token.unseal(KEY, new_blob, b"ref") == b"new"
     with pytest.raises(SealError):
         token.unseal(KEY, old_blob, b"ref")
+
+
+class _FlakyKey(pkcs11.EncryptMixin, pkcs11.DecryptMixin):
+    """A real secret key whose first ``failures`` decryptions answer CKR_GENERAL_ERROR,
+    as SoftHSM2 does after reading a token file that another process was rewriting."""
+
+    def __init__(self, key: pkcs11.SecretKey, failures: int) -> None:
+        self.key, self.failures, self.encrypts, self.decrypts = key, failures, 0, 0
+
+    def encrypt(self, data: Any, buffer_size: int = 8192, **kwargs: Any) -> Any:
+        self.encrypts += 1
+        return self.key.encrypt(data, **kwargs)
+
+    def decrypt(self, data: Any, buffer_size: int = 8192, **kwargs: Any) -> Any:
+        self.decrypts += 1
+        if self.failures:
+            self.failures -= 1
+            raise pkcs11.exceptions.GeneralError()
+        return self.key.decrypt(data, **kwargs)
+
+
+def _with_key(token: Token, check: Callable[[pkcs11.SecretKey], None]) -> None:
+    token._run("flaky key", lambda p, s: check(token._secret_key(p, s, KEY)))
+
+
+def test_unseal_tells_a_disturbed_token_from_a_bad_blob(sealing_token: Token) -> None:
+    blob = sealing_token.seal(KEY, b"secret", b"ref")
+    altered = blob[:-1] + bytes([blob[-1] ^ 1])
+
+    def check(key: pkcs11.SecretKey) -> None:
+        once = _FlakyKey(key, failures=1)  # a passing disturbance: the second try opens it
+        assert _secret.unseal(once, blob, b"ref") == b"secret"
+        assert (once.decrypts, once.encrypts) == (2, 0)
+        good = _FlakyKey(key, failures=0)  # a bad blob: tried twice, then the key proves sound
+        with pytest.raises(SealError):
+            _secret.unseal(good, altered, b"ref")
+        assert (good.decrypts, good.encrypts) == (3, 1)
+        broken = _FlakyKey(key, failures=99)  # the key cannot even open its own canary
+        with pytest.raises(pkcs11.exceptions.GeneralError):
+            _secret.unseal(broken, altered, b"ref")
+
+    _with_key(sealing_token, check)
+
+
+def test_unseal_recovers_from_a_disturbed_token(
+    sealing_config: TokenConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = Token(sealing_config)
+    blob = token.seal(KEY, b"secret", b"ref")
+    pool = token._pool
+    module = token._loaded_module()
+    logins = module.login_calls
+    with pytest.raises(SealError):  # a bad blob costs no new login
+        token.unseal(KEY, blob, b"other ref")
+    assert token._pool is pool and module.login_calls == logins
+    real = _secret.unseal
+    calls: list[int] = []
+
+    def disturbed(key: pkcs11.SecretKey, data: bytes, aad: bytes) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise pkcs11.exceptions.GeneralError()  # what a failed canary lets through
+        return real(key, data, aad)
+
+    monkeypatch.setattr(_secret, "unseal", disturbed)
+    assert token.unseal(KEY, blob, b"ref") == b"secret"
+    assert len(calls) == 2 and token._pool is not pool and module.login_calls == logins + 1
+    token.close()
