@@ -88,6 +88,7 @@ def test_a_san_type_outside_the_profile_is_refused_and_nothing_is_stored(cas: Ce
     assert cas.store.count_certificates() == before
 
 
+@pytest.mark.filterwarnings("ignore:Attribute's length:UserWarning")
 def test_lint_refuses_an_overlong_common_name_before_signing(cas: CertificateAuthorities) -> None:
     order, _ = client_order("x")
     # What a parsed CSR can carry; cryptography only refuses it when building names.
