@@ -16,10 +16,12 @@ import os
 import re
 import sys
 from datetime import datetime, timedelta
-from importlib import import_module
 from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 import click
+
+from ra.admin import block_device, unblock_device
+from ztpki.cli_ra import admin_name
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
@@ -106,25 +108,6 @@ def _usable_device(registry: DeviceRegistry, serial: str) -> Device:
     if device.blocked:
         raise click.ClickException(f"device {serial!r} is blocked ({device.blocked_reason})")
     return device
-
-
-def _admin_action(instance: Any, name: str) -> Callable[..., Any] | None:
-    """ra.admin's `name` bound to the instance's enrolment core, or None when
-    this build has neither (ra.admin does the audit record and, for a block,
-    revokes the device's certificates)."""
-    try:
-        admin = import_module("ra.admin")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("ra", "ra.admin"):
-            raise
-        return None
-    action = getattr(admin, name, None)
-    core = getattr(instance, "core", None)
-    if action is None or core is None:
-        return None
-    from ztpki.cli_ra import admin_name
-
-    return functools.partial(action, core, admin=admin_name())
 
 
 def register(main: click.Group, get_instance: GetInstance) -> None:
@@ -251,15 +234,8 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
         registry = DeviceRegistry(instance.engine)
         registry.require(serial)
         reason = reason_name(reason)
-        block_device = _admin_action(instance, "block_device")
-        if block_device is not None:
-            revoked = block_device(serial, reason)
-            click.echo(f"device {serial} blocked ({reason}); {len(revoked)} certificate(s) revoked")
-            return
-        registry.block(serial, reason)
-        click.echo(f"device {serial} blocked ({reason})")
-        click.echo("warning: its certificates were NOT revoked (no enrolment core in this build: "
-                   "ra.admin.block_device needs Instance.core); revoke them with `ztpki revoke`", err=True)
+        revoked = block_device(instance.core, serial, reason, admin=admin_name())
+        click.echo(f"device {serial} blocked ({reason}); {len(revoked)} certificate(s) revoked")
 
     @devices.command("unblock")
     @click.argument("serial")
@@ -272,11 +248,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
         if registry.require(serial).state != "blocked":
             click.echo(f"device {serial} is not blocked")
             return
-        unblock_device = _admin_action(instance, "unblock_device")
-        if unblock_device is not None:
-            unblock_device(serial)
-        else:
-            registry.unblock(serial)
+        unblock_device(instance.core, serial, admin=admin_name())
         click.echo(f"device {serial}: {registry.require(serial).state}")
 
 
@@ -326,15 +298,10 @@ def _register_credentials(main: click.Group, get_instance: GetInstance) -> None:
             device_serial=device_serial, batch=batch, profile=profile, ttl=ttl, max_uses=max_uses
         )
         if kind == "mac":
-            sealer = getattr(instance, "secret_sealer", None)
-            if sealer is None:
-                raise click.ClickException(
-                    "MAC credentials are sealed by a key in the token, and this instance has no sealing key "
-                    "(Instance.secret_sealer) yet; create an EST password (--kind password) instead")
-            name, secret = Credentials(instance.engine, sealer).create_mac(**binding)
+            name, secret = instance.credentials.create_mac(**binding)
             labels = ("reference", "secret")
         else:
-            name, secret = Credentials(instance.engine, None).create_password(username=username, **binding)
+            name, secret = instance.credentials.create_password(username=username, **binding)
             labels = ("username", "password")
         if as_json:
             click.echo(json.dumps({"kind": kind, labels[0]: name, labels[1]: secret}, indent=2))

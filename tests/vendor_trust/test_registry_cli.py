@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from ca.store import make_engine
 from vendor_trust.db import migrate
+from vendor_trust.credentials import Credentials
 from vendor_trust.registry import DeviceRegistry
 from ztpki.cli_devices import parse_duration, register
 
@@ -27,8 +28,7 @@ class Parts:
 
     def __init__(self, engine: Engine, secret_sealer: Any = None) -> None:
         self.engine = engine
-        if secret_sealer is not None:
-            self.secret_sealer = secret_sealer
+        self.credentials = Credentials(engine, secret_sealer)
 
 
 def make_cli(instance: Any) -> click.Group:
@@ -135,18 +135,36 @@ def test_assign_a_device_or_a_fleet(run: Any, engine: Engine) -> None:
     assert run("devices", "assign", "--profile", "x").exit_code == 2  # neither SERIAL nor --vendor
 
 
-def test_block_without_the_enrolment_core_blocks_and_warns_that_nothing_was_revoked(run: Any, engine: Engine) -> None:
-    DeviceRegistry(engine).register("SN-1")
+def test_block_revokes_the_certificates_and_unblock_lets_the_device_back(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ca.template import IssuanceOrder
+    from ztpki.setup_instance import init_instance
+
+    instance = init_instance(tmp_path / "home")
+    instance.registry.register("SN-1", profile="client")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "SN-1")])
+    issued = instance.cas.issue(IssuanceOrder(ca="issuing", profile="client", subject=name,
+                                              public_key=key.public_key(), device_id="SN-1"))
+    cli = make_cli(instance)
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
     result = run("devices", "block", "SN-1", "--reason", "key-compromise")
-    assert result.exit_code == 0
-    assert "device SN-1 blocked (keyCompromise)" in result.stdout
-    assert "NOT revoked" in result.stderr
-    device = DeviceRegistry(engine).require("SN-1")
+    assert result.exit_code == 0, result.output
+    assert "device SN-1 blocked (keyCompromise); 1 certificate(s) revoked" in result.stdout
+    assert instance.store.certificate(issued.serial).status == "revoked"
+    device = instance.registry.require("SN-1")
     assert (device.state, device.blocked_reason) == ("blocked", "keyCompromise")
     bad_reason = run("devices", "block", "SN-1", "--reason", "lost-it")
     assert bad_reason.exit_code == 1 and "unknown revocation reason" in bad_reason.stderr
     assert run("devices", "unblock", "SN-1").stdout.strip() == "device SN-1: registered"
     assert "is not blocked" in run("devices", "unblock", "SN-1").stdout
+    assert [r.operation for r in instance.audit.records(device="SN-1")] == ["block-device", "unblock-device"]
+    instance.close()
 
 
 @pytest.mark.parametrize("text, expected", [("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("90s", 90)])
