@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from pgcluster import PostgresCluster, PostgresUnavailable  # noqa: E402
+from pgcluster import PostgresCluster, cluster_or_skip  # noqa: E402
 
 BIN_DIR = Path(sys.executable).parent
 ZTPKI = BIN_DIR / "ztpki"
@@ -282,20 +282,7 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    missing: str | None = None
-    try:
-        cluster.start()
-    except PostgresUnavailable as exc:
-        missing = str(exc)
-    if missing is not None:
-        if os.environ.get("ZTPKI_SKIP_POSTGRES") == "1":
-            pytest.skip(f"ZTPKI_SKIP_POSTGRES=1 and {missing}")
-        pytest.fail(f"{missing}\n(set ZTPKI_SKIP_POSTGRES=1 to skip these tests instead)", pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from cluster_or_skip()
 
 
 @pytest.fixture

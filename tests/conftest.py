@@ -11,13 +11,12 @@ binaries make these fixtures fail; ZTPKI_SKIP_POSTGRES=1 turns that into a skip.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from pgcluster import PostgresCluster, PostgresUnavailable
+from pgcluster import PostgresCluster, cluster_or_skip
 
 POSTGRES_FIXTURES = {"postgres_cluster", "postgres_url", "make_postgres_db", "postgres_db_url"}
 
@@ -31,20 +30,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    missing: str | None = None
-    try:
-        cluster.start()
-    except PostgresUnavailable as e:
-        missing = str(e)
-    if missing is not None:
-        if os.environ.get("ZTPKI_SKIP_POSTGRES") == "1":
-            pytest.skip(f"ZTPKI_SKIP_POSTGRES=1 and {missing}")
-        pytest.fail(f"{missing}\n(set ZTPKI_SKIP_POSTGRES=1 to skip these tests instead)", pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from cluster_or_skip()
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 from urllib.parse import quote
 
 import psycopg
@@ -343,3 +343,24 @@ if __name__ == "__main__":  # pragma: no cover - manual use
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+def cluster_or_skip() -> "Iterator[PostgresCluster]":
+    """A started cluster for a pytest fixture, stopped afterwards. Missing
+    PostgreSQL fails the test, unless ZTPKI_SKIP_POSTGRES=1 makes it a skip."""
+    import pytest
+
+    cluster = PostgresCluster()
+    missing: str | None = None
+    try:
+        cluster.start()
+    except PostgresUnavailable as exc:
+        missing = str(exc)
+    if missing is not None:
+        if os.environ.get("ZTPKI_SKIP_POSTGRES") == "1":
+            pytest.skip(f"ZTPKI_SKIP_POSTGRES=1 and {missing}")
+        pytest.fail(f"{missing}\n(set ZTPKI_SKIP_POSTGRES=1 to skip these tests instead)", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
