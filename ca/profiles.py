@@ -99,6 +99,9 @@ class Profile:
     # device unknown to the registry enrol with a trusted vendor certificate.
     approval: str = "auto"
     auto_register: bool = False
+    # A request asking for CA:TRUE, a key usage or an EKU beyond the profile:
+    # "refuse" it, or "drop" what it asked and issue what the profile says.
+    excess_extensions: str = "refuse"
     # Only the built-in CA profiles below set these; profiles.toml cannot.
     is_ca: bool = False
     path_length: int | None = None
@@ -190,6 +193,9 @@ def _parse_profile(name: str, raw: Any) -> Profile:
     approval = raw.get("approval", "auto")
     if approval not in ("auto", "manual"):
         raise ProfileError(f"{where}: approval must be \"auto\" or \"manual\"")
+    excess = raw.get("excess_extensions", "refuse")
+    if excess not in ("refuse", "drop"):
+        raise ProfileError(f"{where}: excess_extensions must be \"refuse\" or \"drop\"")
     flags = {}
     for flag in ("require_cn", "cn_as_dns_san", "ocsp_no_check", "lint", "auto_register"):
         value = raw.get(flag, flag in ("require_cn", "lint"))
@@ -215,6 +221,7 @@ def _parse_profile(name: str, raw: Any) -> Profile:
         lint=flags["lint"],
         approval=approval,
         auto_register=flags["auto_register"],
+        excess_extensions=excess,
     )
 
 

@@ -179,7 +179,8 @@ class EnrolmentCore:
         if not request.pop_verified:
             raise Refusal(RejectReason.BAD_POP, "proof of possession of the key was not verified")
         try:
-            check_requested_extensions(x509.Extensions(list(request.extensions)), profile)
+            if profile.excess_extensions == "refuse":
+                check_requested_extensions(x509.Extensions(list(request.extensions)), profile)
             profile.check_public_key(request.public_key)
         except PolicyViolation as exc:
             raise Refusal(RejectReason.POLICY_VIOLATION, str(exc)) from None

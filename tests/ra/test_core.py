@@ -269,3 +269,30 @@ def test_every_decision_is_audited_and_the_chain_verifies(world: World) -> None:
     world.instance.core.decide(enrolment())
     assert world.instance.audit.count() == before + 1
     assert world.instance.audit.verify().ok
+
+
+def test_a_profile_may_drop_excess_extensions_instead_of_refusing(world: World) -> None:
+    cas = world.instance.cas
+    cas.profiles["enb-lenient"] = dataclasses.replace(cas.profiles["enb"], name="enb-lenient", excess_extensions="drop")
+    serial = world.device(profile="enb-lenient")
+    ca_true = x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=True, path_length=None))
+    result = issued(world.instance.core.decide(enrolment(VendorCertificate(world.idevid(serial)), extensions=(ca_true,))))
+    assert result.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+
+
+def test_unknown_device_is_registered_only_where_the_profile_allows_it(world: World) -> None:
+    cas = world.instance.cas
+    cas.profiles["enb-open"] = dataclasses.replace(cas.profiles["enb"], name="enb-open", auto_register=True)
+    core = world.instance.core
+    serial = "AUTO-REG-1"
+    chain = world.idevid(serial)
+    refused(core.decide(enrolment(VendorCertificate(chain))), RejectReason.UNKNOWN_DEVICE)
+    assert world.instance.registry.get(serial) is None
+    request = dataclasses.replace(enrolment(VendorCertificate(chain)), profile="enb-open")
+    assert issued(core.decide(request)).device == serial
+    device = world.instance.registry.get(serial)
+    assert device is not None and device.vendor == "acme" and device.profile == "enb-open"
+    # An untrusted vendor certificate never registers anything.
+    stranger = dataclasses.replace(enrolment(VendorCertificate(world.idevid("AUTO-REG-2", pki=world.stranger))), profile="enb-open")
+    refused(core.decide(stranger), RejectReason.UNTRUSTED_CERTIFICATE)
+    assert world.instance.registry.get("AUTO-REG-2") is None
