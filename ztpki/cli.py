@@ -22,6 +22,7 @@ from ca.store import CertificateRecord, StoreError, now, parse_serial
 from hsm import HsmError, KeyType
 from ztpki.assembly import Instance
 from ztpki.config import ConfigError
+from ztpki.cli_audit import audited
 
 # Every error a user can cause or meet: one line, non-zero exit, no traceback.
 USER_ERRORS = (
@@ -136,6 +137,7 @@ def init(ctx: click.Context, init_home: str | None, key_type: str, pkcs11_module
 @click.option("--device", "device_id", help="Device identity to record with the certificate.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the PEM here instead of stdout.")
 @click.pass_context
+@audited("issue", device_param="device_id")
 def issue(ctx: click.Context, csr_path: str, profile: str, ca_name: str | None, days: int | None,
           device_id: str | None, out: str | None) -> None:
     """Issue a certificate for a CSR; prints the certificate, then its chain up to the root."""
@@ -148,6 +150,7 @@ def issue(ctx: click.Context, csr_path: str, profile: str, ca_name: str | None, 
         csr, chosen, ca=ca_name or instance.settings.default_ca, device_id=device_id, validity_days=days
     )
     issued = cas.issue(order)
+    ctx.obj["audit"] = {"serial": format(issued.serial, "x"), "subject": issued.certificate.subject.rfc4514_string()}
     pem = b"".join(c.public_bytes(Encoding.PEM) for c in (issued.certificate, *issued.chain))
     if out:
         Path(out).write_bytes(pem)
@@ -162,6 +165,7 @@ def issue(ctx: click.Context, csr_path: str, profile: str, ca_name: str | None, 
 @click.option("--ca", "ca_name", help="CA of the certificate when the serial exists under several.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
+@audited("revoke")
 def revoke(ctx: click.Context, serial_hex: str, reason: str, ca_name: str | None, as_json: bool) -> None:
     """Revoke a certificate; the CRL is re-issued and OCSP answers at once."""
     record = _instance(ctx).revocations.revoke(parse_serial(serial_hex), reason, ca=ca_name)
@@ -250,6 +254,7 @@ def certs_show(ctx: click.Context, serial_hex: str, ca_name: str | None, pem: bo
 @click.option("--ca", "ca_name", help="CA (default: the instance's default CA).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the DER CRL.")
 @click.pass_context
+@audited("crl")
 def crl(ctx: click.Context, ca_name: str | None, out: str) -> None:
     """Issue a fresh CRL and write it (DER)."""
     instance = _instance(ctx)

@@ -31,6 +31,7 @@ from vendor_trust.credentials import CredentialError, CredentialInfo, Credential
 from vendor_trust.device_import import IMPORT_MODES, ImportFileError, ImportMode, import_devices
 from vendor_trust.pins import PinInfo, Pins
 from vendor_trust.registry import DEVICE_STATES, Device, DeviceRegistry, RegistryError
+from ztpki.cli_audit import audited
 
 if TYPE_CHECKING:
     from ztpki.assembly import Instance
@@ -129,6 +130,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
     @_refusing
+    @audited("devices-import")
     def devices_import(ctx: click.Context, file: str, mode: str, no_update: bool, as_json: bool) -> None:
         """Import device records: CSV with a header row, or JSON Lines.
 
@@ -206,6 +208,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--model", help="... and of this model.")
     @click.pass_context
     @_refusing
+    @audited("devices-assign", device_param="serial")
     def devices_assign(ctx: click.Context, serial: str | None, profile: str, vendor: str | None,
                        model: str | None) -> None:
         """Assign a profile to a device, or to a fleet by vendor (and model).
@@ -283,6 +286,7 @@ def _register_credentials(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
     @_refusing
+    @audited("credentials-create", device_param="device_serial")
     def credentials_create(ctx: click.Context, device_serial: str | None, batch: str | None, kind: str,
                            profile: str | None, username: str | None, ttl: timedelta | None,
                            max_uses: int | None, as_json: bool) -> None:
@@ -333,6 +337,7 @@ def _register_credentials(main: click.Group, get_instance: GetInstance) -> None:
     @click.argument("reference")
     @click.pass_context
     @_refusing
+    @audited("credentials-revoke")
     def credentials_revoke(ctx: click.Context, reference: str) -> None:
         """Revoke a credential (a MAC reference or an EST username)."""
         Credentials(get_instance(ctx).engine, None).revoke(reference)
@@ -358,6 +363,7 @@ def _register_pins(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
     @_refusing
+    @audited("pins-create", device_param="device_serial")
     def pins_create(ctx: click.Context, device_serial: str, ttl: timedelta, as_json: bool) -> None:
         """Create the device's PIN (revoking any earlier one); it is shown only now."""
         engine = get_instance(ctx).engine
@@ -390,6 +396,7 @@ def _register_pins(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--id", "pin_id", type=int)
     @click.pass_context
     @_refusing
+    @audited("pins-revoke", device_param="device_serial")
     def pins_revoke(ctx: click.Context, device_serial: str | None, pin_id: int | None) -> None:
         """Revoke the device's live PIN (or one PIN by --id)."""
         if (device_serial is None) == (pin_id is None):

@@ -12,6 +12,7 @@ from cryptography import x509
 from ca import hierarchy
 from hsm import KeyType
 from ztpki.assembly import Instance
+from ztpki.cli_audit import audited
 
 GetInstance = Callable[[click.Context], Instance]
 
@@ -51,6 +52,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--key-type", type=click.Choice([k.value for k in KeyType]), default="ec-p256", show_default=True)
     @click.option("--subject", help="RFC 4514 subject, e.g. 'CN=Phones CA,O=Example'. Default: CN=<name> CA.")
     @click.pass_context
+    @audited("ca-add")
     def ca_add(ctx: click.Context, name: str, parent: str, key_type: str, subject: str | None) -> None:
         """Add an issuing CA (key generated in the token) with its OCSP signer."""
         instance = get_instance(ctx)
@@ -69,6 +71,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--key-label", required=True, help="Label of its private key, already in the token.")
     @click.option("--chain", "chain_path", type=click.Path(dir_okay=False), help="PEM of the CAs above it, nearest first.")
     @click.pass_context
+    @audited("ca-import")
     def ca_import(ctx: click.Context, name: str, cert_path: str, key_label: str, chain_path: str | None) -> None:
         """Adopt an existing issuing CA whose key is already in the token."""
         instance = get_instance(ctx)

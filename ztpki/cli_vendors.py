@@ -16,6 +16,7 @@ from vendor_trust.anchors import AnchorInfo, CrlInfo, VendorTrust, normalise_fin
 from vendor_trust.trust_errors import UntrustedChain, VendorTrustError
 from vendor_trust.trust_path import fingerprint
 from ztpki.assembly import Instance
+from ztpki.cli_audit import audited
 
 GetInstance = Callable[[click.Context], Instance]
 
@@ -80,6 +81,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--root", "root_path", required=True, type=click.Path(dir_okay=False), help="PEM file of the vendor's CA certificates; every one becomes a trust anchor.")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
+    @audited("vendors-add")
     def vendors_add(ctx: click.Context, name: str, root_path: str, as_json: bool) -> None:
         """Create vendor NAME if needed and trust the CA certificates in FILE.pem."""
         with _one_line_errors():
@@ -132,6 +134,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @vendors_group.command("remove")
     @click.argument("name")
     @click.pass_context
+    @audited("vendors-remove")
     def vendors_remove(ctx: click.Context, name: str) -> None:
         """Remove vendor NAME with its anchors and CRLs: its devices are no longer trusted."""
         with _one_line_errors():
@@ -141,6 +144,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @vendors_group.command("remove-anchor")
     @click.argument("fingerprint_hex", metavar="FINGERPRINT")
     @click.pass_context
+    @audited("vendors-remove-anchor")
     def vendors_remove_anchor(ctx: click.Context, fingerprint_hex: str) -> None:
         """Stop trusting one anchor (SHA-256 fingerprint, as `vendors anchors` shows)."""
         with _one_line_errors():
@@ -153,6 +157,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--issuer", "issuer_path", type=click.Path(dir_okay=False), help="PEM of the CA that signed the CRL: its signature is checked now (otherwise when a device chain uses it, or now if the issuer is an anchor).")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
+    @audited("vendors-crl")
     def vendors_crl(ctx: click.Context, name: str, crl_path: str, issuer_path: str | None, as_json: bool) -> None:
         """Load a CRL (PEM or DER) of one of vendor NAME's CAs."""
         with _one_line_errors():
