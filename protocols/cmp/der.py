@@ -1,0 +1,123 @@
+"""A minimal DER tag-length-value reader for the outer layers of a PKIMessage.
+
+pyasn1 costs milliseconds a message, most of it in certificates (LIMITS.md §4).
+This reader splits a PKIMessage into its four top-level elements without
+decoding them, so the ProtectedPart can be sliced from the received bytes
+(RFC 4210 §5.1.3) and extraCerts kept as opaque DER for cryptography. It only
+accepts DER (X.690 §10.1: definite, minimal lengths), which is what RFC 4210
+§5.1 requires of a PKIMessage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# X.690 §8.1.2: class bits and the constructed bit of the identifier octet.
+CLASS_CONTEXT = 0x80
+CONSTRUCTED = 0x20
+TAG_SEQUENCE = 0x30
+
+# Deeper than any PKIMessage needs (a certificate in a CertRepMessage sits at
+# depth ~12); refusing early keeps a nested-header bomb from reaching pyasn1.
+MAX_DEPTH = 48
+
+
+class DerError(ValueError):
+    """The bytes are not the DER this reader expects."""
+
+
+@dataclass(frozen=True)
+class Tlv:
+    """One element: identifier octet, and offsets into the buffer it came from."""
+
+    tag: int
+    start: int  # first identifier octet
+    content: int  # first content octet
+    end: int  # one past the last content octet
+
+    @property
+    def constructed(self) -> bool:
+        return bool(self.tag & CONSTRUCTED)
+
+    def slice(self, data: bytes) -> bytes:
+        return data[self.start : self.end]
+
+    def value(self, data: bytes) -> bytes:
+        return data[self.content : self.end]
+
+
+def read_tlv(data: bytes, offset: int, limit: int | None = None) -> Tlv:
+    """Read one DER element at offset (X.690 §8.1, §10.1); high tag numbers refused.
+
+    No CMP structure uses a tag number above 30, so multi-octet identifiers
+    (X.690 §8.1.2.4) are refused rather than parsed.
+    """
+    end_of_buffer = len(data) if limit is None else limit
+    if offset + 2 > end_of_buffer:
+        raise DerError("truncated element header")
+    tag = data[offset]
+    if tag & 0x1F == 0x1F:
+        raise DerError("multi-octet tag numbers are not used by CMP")
+    first = data[offset + 1]
+    pos = offset + 2
+    if first < 0x80:
+        length = first
+    elif first == 0x80:
+        raise DerError("indefinite length is not DER")
+    else:
+        count = first & 0x7F
+        if count > 4:
+            raise DerError("length field too long")
+        if pos + count > end_of_buffer:
+            raise DerError("truncated length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        if length < 0x80 or data[pos] == 0:
+            raise DerError("non-minimal length is not DER")
+        pos += count
+    if pos + length > end_of_buffer:
+        raise DerError("element longer than its container")
+    return Tlv(tag, offset, pos, pos + length)
+
+
+def children(data: bytes, parent: Tlv) -> list[Tlv]:
+    """The elements directly inside a constructed element, in order."""
+    items: list[Tlv] = []
+    pos = parent.content
+    while pos < parent.end:
+        item = read_tlv(data, pos, parent.end)
+        items.append(item)
+        pos = item.end
+    return items
+
+
+def check_depth(data: bytes, element: Tlv, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse constructed nesting deeper than max_depth, without recursion.
+
+    Runs before pyasn1 so a 10,000-level bomb costs one linear scan of the
+    outer headers, not a decoder stack (issue 5: deeply nested DER).
+    """
+    stack: list[tuple[int, int]] = [(element.content, element.end)] if element.constructed else []
+    while stack:
+        pos, end = stack[-1]
+        if pos >= end:
+            stack.pop()
+            continue
+        item = read_tlv(data, pos, end)
+        stack[-1] = (item.end, end)
+        if item.constructed:
+            if len(stack) >= max_depth:
+                raise DerError("nesting deeper than %d" % max_depth)
+            stack.append((item.content, item.end))
+
+
+def encode_length(length: int) -> bytes:
+    """DER length octets (X.690 §8.1.3, §10.1)."""
+    if length < 0x80:
+        return bytes([length])
+    body = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def wrap(tag: int, content: bytes) -> bytes:
+    """One DER element with the given identifier octet around content."""
+    return bytes([tag]) + encode_length(len(content)) + content
