@@ -80,7 +80,9 @@ class PkiMessage:
         """extraCerts loaded with cryptography (RFC 4210 §5.1 extraCerts)."""
         try:
             return tuple(x509.load_der_x509_certificate(cert) for cert in self.extra_certs_der)
-        except ValueError as exc:
+        # cryptography raises InvalidVersion (not a ValueError) for a bad
+        # version field.
+        except (ValueError, x509.InvalidVersion) as exc:
             raise CmpDecodeError(
                 "extraCerts holds a certificate that does not parse: %s" % exc,
                 self.header.transaction_id,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 
 VECTOR_DIR = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "cmp" / "lightweightcmpra"
 
@@ -37,3 +43,53 @@ def expected_body_type(path: Path) -> str:
 
 def load_vector(flow: str, name: str) -> bytes:
     return (VECTOR_DIR / flow / (name + ".PKI")).read_bytes()
+
+
+# -- in-process signers and certificates (real cryptography, no token) ----------
+
+_HASH = {"sha256": hashes.SHA256, "sha384": hashes.SHA384}
+
+
+class LocalSigner:
+    """Signs like hsm.KeySigner (DER ECDSA, PKCS#1 v1.5 or PSS) with an in-process key."""
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        if algorithm.startswith("ecdsa"):
+            curve = ec.SECP384R1() if algorithm.endswith("384") else ec.SECP256R1()
+            self.key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = ec.generate_private_key(curve)
+        else:
+            self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.certificate = self_signed(self.key, "CN=ztpki CMP test " + algorithm)
+
+    @property
+    def hash(self) -> hashes.HashAlgorithm:
+        return _HASH["sha384" if self.algorithm.endswith("384") else "sha256"]()
+
+    def sign(self, data: bytes) -> bytes:
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            return self.key.sign(data, ec.ECDSA(self.hash))
+        if "pss" in self.algorithm:
+            pss = padding.PSS(mgf=padding.MGF1(self.hash), salt_length=self.hash.digest_size)
+            return self.key.sign(data, pss, self.hash)
+        return self.key.sign(data, padding.PKCS1v15(), self.hash)
+
+    @property
+    def certificate_der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+
+def self_signed(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, subject: str) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject.removeprefix("CN="))])
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=1))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )

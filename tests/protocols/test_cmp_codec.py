@@ -116,6 +116,19 @@ def test_message_over_256_kib_is_refused_with_ids_echoed() -> None:
     assert caught.value.sender_kid == b"senderKid"
 
 
+def test_extra_cert_with_bad_version_is_refused_when_loaded() -> None:
+    data = load_vector("Rr", "upstream_REVOCATION_REQ")
+    message = codec.decode_message(data)
+    cert = message.extra_certs_der[0]
+    # tbsCertificate version [0] INTEGER 2 → 10 (cryptography: InvalidVersion)
+    broken = cert.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x0a", 1)
+    assert broken != cert
+    bad = codec.decode_message(data.replace(cert, broken))
+    with pytest.raises(codec.CmpDecodeError) as caught:
+        bad.extra_certs
+    assert caught.value.transaction_id == message.header.transaction_id
+
+
 def test_trailing_bytes_are_refused() -> None:
     with pytest.raises(codec.CmpDecodeError):
         codec.decode_message(load_vector("Rr", "upstream_REVOCATION_REQ") + b"\x00")

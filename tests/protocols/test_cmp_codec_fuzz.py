@@ -61,8 +61,6 @@ def test_mutated_vectors_only_raise_cmp_decode_error(data: bytes) -> None:
 
 
 def _nested(tag: int, depth: int) -> bytes:
-
-
     inner = b""
     for _ in range(depth):
         inner = der.wrap(tag, inner)
