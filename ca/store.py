@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -151,6 +151,23 @@ _CERT_COLUMNS = (
     certificates.c.revocation_reason,
     certificates.c.created_at,
 )
+
+
+# The hot paths (every issuance, every OCSP request) run statements built
+# once: building them per call costs more than the SQLite commit itself.
+_RESERVE = insert(certificates)
+_SIGNED = (
+    update(certificates)
+    .where(
+        certificates.c.authority_id == bindparam("a"),
+        certificates.c.serial == bindparam("s"),
+        certificates.c.status == "signing",
+    )
+    .values(status=bindparam("new_status"), der=bindparam("new_der"))
+)
+_STATUS = select(
+    certificates.c.status, certificates.c.revoked_at, certificates.c.revocation_reason
+).where(certificates.c.authority_id == bindparam("a"), certificates.c.serial == bindparam("s"))
 
 
 def sqlite_url_for(path: Path) -> str:
@@ -292,46 +309,41 @@ class Store:
         not_after: datetime,
     ) -> None:
         """Record a certificate about to be signed. Conflict on a serial reuse."""
+        row = {
+            "authority_id": authority_id,
+            "serial": serial_hex(serial),
+            "status": "signing",
+            "subject": subject,
+            "sans": json.dumps(list(sans)),
+            "device_id": device_id,
+            "profile": profile,
+            "not_before": not_before,
+            "not_after": not_after,
+            "tbs": tbs,
+            "der": None,
+            "created_at": now(),
+        }
         try:
             with self._begin() as conn:
-                conn.execute(
-                    insert(certificates).values(
-                        authority_id=authority_id,
-                        serial=serial_hex(serial),
-                        status="signing",
-                        subject=subject,
-                        sans=json.dumps(list(sans)),
-                        device_id=device_id,
-                        profile=profile,
-                        not_before=not_before,
-                        not_after=not_after,
-                        tbs=tbs,
-                        created_at=now(),
-                    )
-                )
+                conn.execute(_RESERVE, row)
         except IntegrityError:
             raise Conflict(f"serial {serial_hex(serial)} is taken") from None
 
-    def _set_signed_state(self, authority_id: int, serial: int, **values: Any) -> None:
+    def _set_signed_state(self, authority_id: int, serial: int, status: str, der: bytes | None) -> None:
         with self._begin() as conn:
             result = conn.execute(
-                update(certificates)
-                .where(
-                    certificates.c.authority_id == authority_id,
-                    certificates.c.serial == serial_hex(serial),
-                    certificates.c.status == "signing",
-                )
-                .values(**values)
+                _SIGNED,
+                {"a": authority_id, "s": serial_hex(serial), "new_status": status, "new_der": der},
             )
             if result.rowcount != 1:
                 raise Conflict(f"serial {serial_hex(serial)} is not awaiting its signature")
 
     def complete_issuance(self, authority_id: int, serial: int, der: bytes) -> None:
-        self._set_signed_state(authority_id, serial, status="valid", der=der)
+        self._set_signed_state(authority_id, serial, "valid", der)
 
     def fail_issuance(self, authority_id: int, serial: int) -> None:
         """The token refused or produced a bad signature: nothing was issued."""
-        self._set_signed_state(authority_id, serial, status="failed")
+        self._set_signed_state(authority_id, serial, "failed", None)
 
     # -- lookups -----------------------------------------------------------
 
@@ -384,16 +396,7 @@ class Store:
     def status_row(self, authority_id: int, serial: int) -> tuple[str, datetime | None, str | None] | None:
         """(status, revoked_at, reason) for OCSP, or None when never issued."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    certificates.c.status,
-                    certificates.c.revoked_at,
-                    certificates.c.revocation_reason,
-                ).where(
-                    certificates.c.authority_id == authority_id,
-                    certificates.c.serial == serial_hex(serial),
-                )
-            ).first()
+            row = conn.execute(_STATUS, {"a": authority_id, "s": serial_hex(serial)}).first()
         if row is None:
             return None
         revoked_at = utc(row.revoked_at) if row.revoked_at is not None else None
