@@ -19,7 +19,7 @@ from pyasn1_alt_modules import rfc9480
 OpaqueCertificate = univ.Any
 
 
-class OpaqueCertOrEncCert(univ.Choice):
+class OpaqueCertOrEncCert(univ.Choice):  # type: ignore[misc]  # pyasn1 has no type hints
     """RFC 4210 §5.3.4 CertOrEncCert with the certificate as opaque DER."""
 
     componentType = namedtype.NamedTypes(
@@ -36,7 +36,7 @@ class OpaqueCertOrEncCert(univ.Choice):
     )
 
 
-class OpaqueCertifiedKeyPair(univ.Sequence):
+class OpaqueCertifiedKeyPair(univ.Sequence):  # type: ignore[misc]  # pyasn1 has no type hints
     """RFC 4210 §5.3.4 CertifiedKeyPair."""
 
     componentType = namedtype.NamedTypes(
@@ -52,7 +52,7 @@ class OpaqueCertifiedKeyPair(univ.Sequence):
     )
 
 
-class OpaqueCertResponse(univ.Sequence):
+class OpaqueCertResponse(univ.Sequence):  # type: ignore[misc]  # pyasn1 has no type hints
     """RFC 4210 §5.3.4 CertResponse."""
 
     componentType = namedtype.NamedTypes(
@@ -63,7 +63,7 @@ class OpaqueCertResponse(univ.Sequence):
     )
 
 
-class OpaqueCertRepMessage(univ.Sequence):
+class OpaqueCertRepMessage(univ.Sequence):  # type: ignore[misc]  # pyasn1 has no type hints
     """RFC 4210 §5.3.4 CertRepMessage; caPubs as opaque certificates."""
 
     componentType = namedtype.NamedTypes(
@@ -96,7 +96,7 @@ def _opaque_body_types() -> namedtype.NamedTypes:
     return namedtype.NamedTypes(*types)
 
 
-class OpaquePKIBody(univ.Choice):
+class OpaquePKIBody(univ.Choice):  # type: ignore[misc]  # pyasn1 has no type hints
     """RFC 4210 §5.1.2 / RFC 9480 PKIBody with opaque reply certificates."""
 
     componentType = _opaque_body_types()

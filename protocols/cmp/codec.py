@@ -40,7 +40,6 @@ _TAG_BIT_STRING = 0x03
 _PYASN1_FAILURES = (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, UnicodeError)
 
 
-@dataclass(frozen=True)
 class CmpDecodeError(Exception):
     """The bytes are not an acceptable PKIMessage (answered with badDataFormat).
 
@@ -48,13 +47,18 @@ class CmpDecodeError(Exception):
     scan of the header could read, for the error reply to echo.
     """
 
-    reason: str
-    transaction_id: bytes | None = None
-    sender_nonce: bytes | None = None
-    sender_kid: bytes | None = None
-
-    def __str__(self) -> str:
-        return self.reason
+    def __init__(
+        self,
+        reason: str,
+        transaction_id: bytes | None = None,
+        sender_nonce: bytes | None = None,
+        sender_kid: bytes | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transaction_id = transaction_id
+        self.sender_nonce = sender_nonce
+        self.sender_kid = sender_kid
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class PkiMessage:
         # version field.
         except (ValueError, x509.InvalidVersion) as exc:
             raise CmpDecodeError(
-                "extraCerts holds a certificate that does not parse: %s" % exc,
+                "extraCerts holds a certificate that does not parse: %s" % _short(exc),
                 self.header.transaction_id,
                 self.header.sender_nonce,
                 self.header.sender_kid,
@@ -115,6 +119,13 @@ def scan_header_ids(data: bytes) -> tuple[bytes | None, bytes | None, bytes | No
     except der.DerError:
         pass
     return found.get(4), found.get(5), found.get(2)
+
+
+def _short(exc: Exception) -> str:
+    # pyasn1 puts whole schema dumps into its messages; the reason ends up in
+    # logs and statusString, so keep its head only.
+    text = str(exc).split("\n", 1)[0]
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _fail(data: bytes, reason: str) -> CmpDecodeError:
@@ -194,7 +205,7 @@ def decode_message(data: bytes) -> PkiMessage:
             raise ValueError("trailing bytes after the header")
         header = header_from_asn1(header_asn1, header_parts[1].slice(data), header_parts[2].slice(data))
     except _PYASN1_FAILURES as exc:
-        raise _fail(data, "bad PKIHeader: %s" % exc) from None
+        raise _fail(data, "bad PKIHeader: %s" % _short(exc)) from None
     try:
         body_asn1, rest = decoder.decode(body_der, asn1Spec=asn1.OpaquePKIBody())
         if rest:
@@ -203,7 +214,7 @@ def decode_message(data: bytes) -> PkiMessage:
         body = body_asn1.getComponent()
     except _PYASN1_FAILURES as exc:
         raise CmpDecodeError(
-            "bad PKIBody: %s" % exc, header.transaction_id, header.sender_nonce, header.sender_kid
+            "bad PKIBody: %s" % _short(exc), header.transaction_id, header.sender_nonce, header.sender_kid
         ) from None
     return PkiMessage(
         header=header,

@@ -72,7 +72,7 @@ def _decode(der: bytes | None, spec: univ.Asn1Item) -> univ.Asn1Item:
     try:
         value, rest = decoder.decode(der, asn1Spec=spec)
     except (PyAsn1Error, ValueError, TypeError) as exc:
-        raise MacParameterError("MAC parameters do not decode: %s" % exc) from None
+        raise MacParameterError("MAC parameters do not decode: %s" % type(exc).__name__) from None
     if rest:
         raise MacParameterError("trailing bytes after MAC parameters")
     return value

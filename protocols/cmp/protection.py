@@ -8,7 +8,7 @@ compared in constant time; signatures are checked by cryptography.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol, Union
 
 from cryptography import x509
@@ -66,15 +66,13 @@ _SIGN_ALGORITHM_OIDS = {
 }
 
 
-@dataclass(frozen=True)
 class ProtectionError(Exception):
     """Protection missing, unsupported or wrong; fail_info names the PKIFailureInfo bit."""
 
-    reason: str
-    fail_info: FailInfo = FailInfo.BAD_MESSAGE_CHECK
-
-    def __str__(self) -> str:
-        return self.reason
+    def __init__(self, reason: str, fail_info: FailInfo = FailInfo.BAD_MESSAGE_CHECK) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fail_info = fail_info
 
 
 class Signer(Protocol):
@@ -141,7 +139,7 @@ def _pss_hash(parameters: bytes | None) -> str:
         raise ProtectionError("RSASSA-PSS parameters do not decode", FailInfo.BAD_ALG) from None
     if rest or name is None or mgf_hash != name:
         raise ProtectionError("unsupported RSASSA-PSS parameters", FailInfo.BAD_ALG)
-    if salt_length != _HASHES[name].digest_size:
+    if salt_length != _HASHES[name]().digest_size:
         raise ProtectionError("RSASSA-PSS salt length differs from the hash length", FailInfo.BAD_ALG)
     return name
 
@@ -237,7 +235,7 @@ def signature_algorithm_id(algorithm: str) -> AlgorithmId:
     mgf_hash = rfc5280.AlgorithmIdentifier()
     mgf_hash["algorithm"] = univ.ObjectIdentifier(hash_oid)
     params["maskGenAlgorithm"]["parameters"] = univ.Any(bytes(encoder.encode(mgf_hash)))
-    params["saltLength"] = _HASHES[name].digest_size
+    params["saltLength"] = _HASHES[name]().digest_size
     return AlgorithmId(oid, bytes(encoder.encode(params)))
 
 
