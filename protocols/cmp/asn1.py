@@ -102,7 +102,24 @@ class OpaquePKIBody(univ.Choice):  # type: ignore[misc]  # pyasn1 has no type hi
     componentType = _opaque_body_types()
 
 
-PKIHeader = rfc9480.PKIHeader
+def _opaque_header_types() -> namedtype.NamedTypes:
+    # sender and recipient as untagged ANY: pyasn1's GeneralName spec (with
+    # ORAddress and friends) costs more than the rest of the header together.
+    types = []
+    for named in rfc9480.PKIHeader.componentType.namedTypes:
+        if named.name in ("sender", "recipient"):
+            types.append(namedtype.NamedType(named.name, univ.Any()))
+        else:
+            types.append(named)
+    return namedtype.NamedTypes(*types)
+
+
+class OpaquePKIHeader(univ.Sequence):  # type: ignore[misc]  # pyasn1 has no type hints
+    """RFC 4210 §5.1.1 PKIHeader with sender and recipient as GeneralName DER."""
+
+    componentType = _opaque_header_types()
+
+
 PKIStatusInfo = rfc9480.PKIStatusInfo
 PKIFailureInfo = rfc9480.PKIFailureInfo
 PKIFreeText = rfc9480.PKIFreeText

@@ -192,18 +192,15 @@ def decode_message(data: bytes) -> PkiMessage:
         der.check_depth(data, body_tlv)
         protection = _protection_bits(data, protection_tlv) if protection_tlv else None
         extra = _extra_certs(data, extra_tlv) if extra_tlv else ()
-        header_parts = der.children(data, header_tlv)
-        if len(header_parts) < 3:
-            raise der.DerError("header lacks pvno, sender or recipient")
     except der.DerError as exc:
         raise _fail(data, str(exc)) from None
     header_der = header_tlv.slice(data)
     body_der = body_tlv.slice(data)
     try:
-        header_asn1, rest = decoder.decode(header_der, asn1Spec=asn1.PKIHeader())
+        header_asn1, rest = decoder.decode(header_der, asn1Spec=asn1.OpaquePKIHeader())
         if rest:
             raise ValueError("trailing bytes after the header")
-        header = header_from_asn1(header_asn1, header_parts[1].slice(data), header_parts[2].slice(data))
+        header = header_from_asn1(header_asn1)
     except _PYASN1_FAILURES as exc:
         raise _fail(data, "bad PKIHeader: %s" % _short(exc)) from None
     try:

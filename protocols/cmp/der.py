@@ -121,3 +121,49 @@ def encode_length(length: int) -> bytes:
 def wrap(tag: int, content: bytes) -> bytes:
     """One DER element with the given identifier octet around content."""
     return bytes([tag]) + encode_length(len(content)) + content
+
+
+TAG_INTEGER = 0x02
+TAG_OCTET_STRING = 0x04
+TAG_OID = 0x06
+TAG_UTF8_STRING = 0x0C
+TAG_GENERALIZED_TIME = 0x18
+
+
+def encode_integer(value: int) -> bytes:
+    """DER INTEGER (X.690 §8.3): two's complement, minimal octets."""
+    length = max(1, (value.bit_length() + 8) // 8)
+    return wrap(TAG_INTEGER, value.to_bytes(length, "big", signed=True))
+
+
+def encode_oid(dotted: str) -> bytes:
+    """DER OBJECT IDENTIFIER (X.690 §8.19) from dotted text."""
+    arcs = [int(arc) for arc in dotted.split(".")]
+    if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] > 39) or min(arcs) < 0:
+        raise ValueError("not an object identifier: %r" % dotted)
+    body = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return wrap(TAG_OID, bytes(body))
+
+
+def decode_oid(content: bytes) -> str:
+    """Dotted text of OBJECT IDENTIFIER contents (X.690 §8.19)."""
+    if not content or content[-1] & 0x80:
+        raise DerError("truncated object identifier")
+    arcs: list[int] = []
+    value = 0
+    for octet in content:
+        if value == 0 and octet == 0x80:
+            raise DerError("non-minimal object identifier arc")
+        value = (value << 7) | (octet & 0x7F)
+        if not octet & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(arc) for arc in [first, arcs[0] - 40 * first, *arcs[1:]])

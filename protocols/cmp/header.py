@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyasn1.codec.der import decoder, encoder
-from pyasn1.type import tag, univ, useful
-from pyasn1_alt_modules import rfc5280, rfc9480
+from pyasn1.type import univ
+from pyasn1_alt_modules import rfc9480
+
+from protocols.cmp import der
 
 # RFC 4210 §5.1.1: pvno cmp2000 = 2; RFC 9480 §2.20: cmp2021 = 3 when its
 # features (hashAlg in certConf, KEMRecipientInfo, …) are used.
@@ -105,11 +106,15 @@ def _optional_bytes(component: univ.OctetString) -> bytes | None:
     return bytes(component) if component.isValue else None
 
 
-def header_from_asn1(asn1: rfc9480.PKIHeader, sender: bytes, recipient: bytes) -> PkiHeader:
-    """Turn a decoded PKIHeader (RFC 4210 §5.1.1) into a PkiHeader.
+def _general_name(encoded: bytes) -> bytes:
+    # GeneralName (RFC 5280 §4.2.1.6) is a CHOICE of context tags [0]..[8].
+    if not encoded or encoded[0] & 0xC0 != der.CLASS_CONTEXT or encoded[0] & 0x1F > 8:
+        raise ValueError("sender or recipient is not a GeneralName")
+    return encoded
 
-    sender and recipient are the DER slices of those fields from the input.
-    """
+
+def header_from_asn1(asn1: univ.Sequence) -> PkiHeader:
+    """Turn a decoded asn1.OpaquePKIHeader (RFC 4210 §5.1.1) into a PkiHeader."""
     message_time = None
     if asn1["messageTime"].isValue:
         message_time = parse_generalized_time(str(asn1["messageTime"]))
@@ -132,8 +137,8 @@ def header_from_asn1(asn1: rfc9480.PKIHeader, sender: bytes, recipient: bytes) -
         )
     return PkiHeader(
         pvno=int(asn1["pvno"]),
-        sender=sender,
-        recipient=recipient,
+        sender=_general_name(bytes(asn1["sender"])),
+        recipient=_general_name(bytes(asn1["recipient"])),
         message_time=message_time,
         protection_alg=protection_alg,
         sender_kid=_optional_bytes(asn1["senderKID"]),
@@ -146,65 +151,54 @@ def header_from_asn1(asn1: rfc9480.PKIHeader, sender: bytes, recipient: bytes) -
     )
 
 
-def _general_name(der: bytes) -> rfc5280.GeneralName:
-    value, rest = decoder.decode(der, asn1Spec=rfc5280.GeneralName())
-    if rest:
-        raise ValueError("trailing bytes after GeneralName")
-    return value
+def encode_algorithm(alg: AlgorithmId) -> bytes:
+    """DER AlgorithmIdentifier (RFC 5280 §4.1.1.2)."""
+    return der.wrap(der.TAG_SEQUENCE, der.encode_oid(alg.oid) + (alg.parameters or b""))
 
 
-def _context(number: int, constructed: bool = False) -> tag.Tag:
-    form = tag.tagFormatConstructed if constructed else tag.tagFormatSimple
-    return tag.Tag(tag.tagClassContext, form, number)
+def _explicit(number: int, content: bytes) -> bytes:
+    # The CMP ASN.1 module uses EXPLICIT TAGS (RFC 4210 Appendix F).
+    return der.wrap(der.CLASS_CONTEXT | der.CONSTRUCTED | number, content)
 
 
-def algorithm_to_asn1(alg: AlgorithmId, spec: rfc5280.AlgorithmIdentifier) -> rfc5280.AlgorithmIdentifier:
-    """Fill an AlgorithmIdentifier (RFC 5280 §4.1.1.2) of the given (tagged) spec."""
-    spec["algorithm"] = univ.ObjectIdentifier(alg.oid)
-    if alg.parameters is not None:
-        spec["parameters"] = univ.Any(alg.parameters)
-    return spec
-
-
-def header_to_asn1(header: PkiHeader) -> rfc9480.PKIHeader:
-    """Build the pyasn1 PKIHeader (RFC 4210 §5.1.1) for a PkiHeader."""
-    asn1 = rfc9480.PKIHeader()
-    asn1["pvno"] = header.pvno
-    asn1["sender"] = _general_name(header.sender)
-    asn1["recipient"] = _general_name(header.recipient)
-    if header.message_time is not None:
-        asn1["messageTime"] = useful.GeneralizedTime(format_generalized_time(header.message_time)).subtype(
-            explicitTag=_context(0)
-        )
-    if header.protection_alg is not None:
-        algorithm_to_asn1(header.protection_alg, asn1["protectionAlg"])
-    for name, value, number in (
-        ("senderKID", header.sender_kid, 2),
-        ("recipKID", header.recip_kid, 3),
-        ("transactionID", header.transaction_id, 4),
-        ("senderNonce", header.sender_nonce, 5),
-        ("recipNonce", header.recip_nonce, 6),
-    ):
-        if value is not None:
-            asn1[name] = asn1[name].clone(value)
-    if header.free_text:
-        free = asn1["freeText"]
-        for text in header.free_text:
-            free.append(text)
-    if header.general_info:
-        infos = asn1["generalInfo"]
-        for info in header.general_info:
-            item = rfc9480.InfoTypeAndValue()
-            item["infoType"] = univ.ObjectIdentifier(info.info_type)
-            if info.value is not None:
-                item["infoValue"] = univ.Any(info.value)
-            infos.append(item)
-    return asn1
+def _utf8_sequence(texts: tuple[str, ...]) -> bytes:
+    return der.wrap(der.TAG_SEQUENCE, b"".join(der.wrap(der.TAG_UTF8_STRING, t.encode("utf-8")) for t in texts))
 
 
 def encode_header(header: PkiHeader) -> bytes:
-    """DER of the PKIHeader (RFC 4210 §5.1.1)."""
-    return bytes(encoder.encode(header_to_asn1(header)))
+    """DER of the PKIHeader (RFC 4210 §5.1.1), written directly.
+
+    pyasn1 took ~0.4 ms for this (LIMITS.md "What bounds an enrolment");
+    the fields are few and simple, and the golden vectors check the output.
+    sender and recipient must each be one GeneralName element.
+    """
+    for name in (header.sender, header.recipient):
+        if der.read_tlv(name, 0).end != len(name):
+            raise ValueError("sender and recipient must be single GeneralName elements")
+    content = der.encode_integer(header.pvno) + header.sender + header.recipient
+    if header.message_time is not None:
+        time_text = format_generalized_time(header.message_time).encode("ascii")
+        content += _explicit(0, der.wrap(der.TAG_GENERALIZED_TIME, time_text))
+    if header.protection_alg is not None:
+        content += _explicit(1, encode_algorithm(header.protection_alg))
+    for number, value in (
+        (2, header.sender_kid),
+        (3, header.recip_kid),
+        (4, header.transaction_id),
+        (5, header.sender_nonce),
+        (6, header.recip_nonce),
+    ):
+        if value is not None:
+            content += _explicit(number, der.wrap(der.TAG_OCTET_STRING, value))
+    if header.free_text:
+        content += _explicit(7, _utf8_sequence(header.free_text))
+    if header.general_info:
+        infos = b"".join(
+            der.wrap(der.TAG_SEQUENCE, der.encode_oid(info.info_type) + (info.value or b""))
+            for info in header.general_info
+        )
+        content += _explicit(8, der.wrap(der.TAG_SEQUENCE, infos))
+    return der.wrap(der.TAG_SEQUENCE, content)
 
 
 def implicit_confirm_info() -> InfoTypeAndValue:

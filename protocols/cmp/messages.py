@@ -35,8 +35,6 @@ _TEMPLATE_EXTENSIONS = 0xA9
 _POP_RA_VERIFIED = 0x80
 _POP_SIGNATURE = 0xA1
 _POPOSK_INPUT = 0xA0
-_TAG_INTEGER = 0x02
-_TAG_OID = 0x06
 _TAG_BIT_STRING = 0x03
 
 
@@ -78,31 +76,15 @@ class CertRequestFields:
 
 
 def _read_int(data: bytes, element: der.Tlv) -> int:
-    if element.tag != _TAG_INTEGER or element.end == element.content:
+    if element.tag != der.TAG_INTEGER or element.end == element.content:
         raise CertRequestError("expected an INTEGER", FailInfo.BAD_DATA_FORMAT)
     return int.from_bytes(element.value(data), "big", signed=True)
 
 
-def _oid_der(data: bytes, element: der.Tlv) -> bytes:
-    if element.tag != _TAG_OID:
+def _oid(data: bytes, element: der.Tlv) -> str:
+    if element.tag != der.TAG_OID:
         raise CertRequestError("expected an OBJECT IDENTIFIER", FailInfo.BAD_DATA_FORMAT)
-    return element.slice(data)
-
-
-def _decode_oid(encoded: bytes) -> str:
-    # X.690 §8.19: first octet carries the first two arcs, then base-128 arcs.
-    tlv = der.read_tlv(encoded, 0)
-    arcs: list[int] = []
-    value = 0
-    for octet in encoded[tlv.content : tlv.end]:
-        value = (value << 7) | (octet & 0x7F)
-        if not octet & 0x80:
-            arcs.append(value)
-            value = 0
-    if not arcs:
-        raise CertRequestError("empty OBJECT IDENTIFIER", FailInfo.BAD_DATA_FORMAT)
-    first = min(arcs[0] // 40, 2)
-    return ".".join(str(arc) for arc in [first, arcs[0] - 40 * first, *arcs[1:]])
+    return der.decode_oid(element.value(data))
 
 
 def _algorithm(data: bytes, element: der.Tlv) -> AlgorithmId:
@@ -110,7 +92,7 @@ def _algorithm(data: bytes, element: der.Tlv) -> AlgorithmId:
     if not parts:
         raise CertRequestError("empty AlgorithmIdentifier", FailInfo.BAD_DATA_FORMAT)
     params = parts[1].slice(data) if len(parts) > 1 else None
-    return AlgorithmId(_decode_oid(_oid_der(data, parts[0])), params)
+    return AlgorithmId(_oid(data, parts[0]), params)
 
 
 # Keys accepted in a template: signing keys only. X25519/X448 would need
@@ -167,7 +149,7 @@ def _controls(data: bytes, element: der.Tlv) -> tuple[InfoTypeAndValue, ...]:
         parts = der.children(data, control)
         if len(parts) != 2:
             raise CertRequestError("control is not type and value", FailInfo.BAD_DATA_FORMAT)
-        found.append(InfoTypeAndValue(_decode_oid(_oid_der(data, parts[0])), parts[1].slice(data)))
+        found.append(InfoTypeAndValue(_oid(data, parts[0]), parts[1].slice(data)))
     return tuple(found)
 
 
