@@ -7,6 +7,7 @@ exactly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -204,3 +205,55 @@ def encode_header(header: PkiHeader) -> bytes:
 def implicit_confirm_info() -> InfoTypeAndValue:
     """generalInfo entry granting implicit confirmation (RFC 4210 §5.1.1.1: NULL value)."""
     return InfoTypeAndValue(ID_IT_IMPLICIT_CONFIRM, _NULL_DER)
+
+
+NONCE_SIZE = 16  # RFC 9483 §3.1: nonces of at least 128 bits
+
+
+def reply_header(
+    sender: bytes,
+    recipient: bytes = NULL_DN_GENERAL_NAME,
+    *,
+    transaction_id: bytes | None,
+    recip_nonce: bytes | None,
+    sender_kid: bytes | None = None,
+    recip_kid: bytes | None = None,
+    pvno: int = PVNO_CMP2000,
+    implicit_confirm: bool = False,
+    now: datetime | None = None,
+) -> PkiHeader:
+    """Header of a response (RFC 4210 §5.1.1; RFC 9483 §3.1): same transactionID,
+    recipNonce = the request's senderNonce, a fresh 128-bit senderNonce.
+
+    messageTime is whole seconds, so the value equals what goes on the wire.
+    """
+    moment = now if now is not None else datetime.now(timezone.utc)
+    return PkiHeader(
+        pvno=pvno,
+        sender=sender,
+        recipient=recipient,
+        message_time=moment.replace(microsecond=0),
+        sender_kid=sender_kid,
+        recip_kid=recip_kid,
+        transaction_id=transaction_id,
+        sender_nonce=os.urandom(NONCE_SIZE),
+        recip_nonce=recip_nonce,
+        general_info=(implicit_confirm_info(),) if implicit_confirm else (),
+    )
+
+
+def reply_header_for(
+    request: PkiHeader, sender: bytes, sender_kid: bytes | None = None, *, implicit_confirm: bool = False
+) -> PkiHeader:
+    """reply_header answering a decoded request (RFC 9483 §3.1): recipient is
+    the request's sender, recipKID its senderKID, pvno its pvno if 2 or 3."""
+    return reply_header(
+        sender,
+        request.sender,
+        transaction_id=request.transaction_id,
+        recip_nonce=request.sender_nonce,
+        sender_kid=sender_kid,
+        recip_kid=request.sender_kid,
+        pvno=request.pvno if request.pvno in (PVNO_CMP2000, PVNO_CMP2021) else PVNO_CMP2000,
+        implicit_confirm=implicit_confirm,
+    )
