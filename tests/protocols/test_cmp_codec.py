@@ -21,6 +21,7 @@ from protocols.cmp.header import (
     PkiHeader,
     encode_header,
     implicit_confirm_info,
+    reply_header,
 )
 
 VECTORS = vector_paths()
@@ -233,3 +234,21 @@ def test_ip_carries_issued_certificate_and_ca_pubs_as_given() -> None:
     ip = full["body"]["ip"]
     assert encoder.encode(ip["caPubs"][0]) == _CERT
     assert _untag(encoder.encode(ip["response"][0]["certifiedKeyPair"]["certOrEncCert"]["certificate"])) == _CERT
+
+
+def test_error_reply_to_an_undecodable_request_echoes_what_could_be_read() -> None:
+    data = load_vector("IrWithMacProtection", "downstream_INIT_REQ")
+    top = der.read_tlv(data, 0)
+    header = der.children(data, top)[0]
+    with pytest.raises(codec.CmpDecodeError) as caught:
+        codec.decode_message(der.wrap(0x30, header.slice(data) + b"\xa0\x01\xff"))
+    failure = caught.value
+    reply = reply_header(
+        NULL_DN_GENERAL_NAME, transaction_id=failure.transaction_id, recip_nonce=failure.sender_nonce
+    )
+    info = bodies.StatusInfo(bodies.PkiStatus.REJECTION, frozenset({bodies.FailInfo.BAD_DATA_FORMAT}), (failure.reason,))
+    message = codec.assemble_message(encode_header(reply), codec.encode_body("error", bodies.error_body(info)), None)
+    full = _full_decode(message)
+    assert bytes(full["header"]["transactionID"]) == bytes.fromhex("6e7db6c2faddf0f9a4aed271d1da2fe5")
+    assert bytes(full["header"]["recipNonce"]) == bytes.fromhex("391983d47693c6e48aaa5890171a18cc")
+    assert full["body"]["error"]["pKIStatusInfo"]["failInfo"][5] == 1
