@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -28,6 +29,7 @@ CERT_REQ_BODIES = ("ir", "cr", "kur")
 # CertTemplate fields (RFC 4211 §5, IMPLICIT TAGS module): [5] subject is an
 # explicitly tagged Name (a CHOICE), [6] publicKey and [9] extensions are
 # implicitly tagged SEQUENCEs.
+_TEMPLATE_VALIDITY = 0xA4
 _TEMPLATE_SUBJECT = 0xA5
 _TEMPLATE_PUBLIC_KEY = 0xA6
 _TEMPLATE_EXTENSIONS = 0xA9
@@ -69,6 +71,9 @@ class CertRequestFields:
     pop_detail: str = ""
     # RFC 4211 §6 controls (e.g. oldCertID for kur, RFC 4210 §5.3.5), values as DER.
     controls: tuple[InfoTypeAndValue, ...] = ()
+    # RFC 4211 §5 OptionalValidity: what the requester would like, if anything.
+    not_before: datetime | None = None
+    not_after: datetime | None = None
 
     @property
     def pop_verified(self) -> bool:
@@ -143,6 +148,32 @@ def _split_extensions(extensions: x509.Extensions) -> tuple[tuple[x509.GeneralNa
     return sans, tuple(others)
 
 
+def _time(data: bytes, element: der.Tlv) -> datetime:
+    # Time ::= CHOICE { utcTime, generalTime } (RFC 5280 §4.1.2.5), 'Z' only.
+    inner = der.read_tlv(data, element.content, element.end)
+    text = inner.value(data).decode("ascii", "replace")
+    try:
+        if inner.tag == 0x17 and len(text) == 13 and text.endswith("Z"):
+            moment = datetime.strptime(text, "%y%m%d%H%M%SZ")
+            # RFC 5280 §4.1.2.5.1: YY below 50 is 20YY, otherwise 19YY.
+            if moment.year >= 2050:
+                moment = moment.replace(year=moment.year - 100)
+        elif inner.tag == 0x18 and len(text) == 15 and text.endswith("Z"):
+            moment = datetime.strptime(text, "%Y%m%d%H%M%SZ")
+        else:
+            raise ValueError(text)
+    except ValueError:
+        raise CertRequestError("template validity is not a UTC Time") from None
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def _validity(data: bytes, element: der.Tlv | None) -> tuple[datetime | None, datetime | None]:
+    if element is None:
+        return None, None
+    found = {item.tag: _time(data, item) for item in der.children(data, element)}
+    return found.get(0xA0), found.get(0xA1)
+
+
 def _controls(data: bytes, element: der.Tlv) -> tuple[InfoTypeAndValue, ...]:
     found = []
     for control in der.children(data, element):
@@ -206,7 +237,10 @@ def _cert_req_msg(data: bytes, element: der.Tlv) -> CertRequestFields:
     subject, public_key, extensions = _parse_template_parts(subject_der, spki_der, extensions_der)
     sans, others = _split_extensions(extensions)
     pop, detail = _check_pop(data, cert_req, popo, public_key)
-    return CertRequestFields(cert_req_id, public_key, subject, sans, others, pop, detail, controls)
+    not_before, not_after = _validity(data, fields.get(_TEMPLATE_VALIDITY))
+    return CertRequestFields(
+        cert_req_id, public_key, subject, sans, others, pop, detail, controls, not_before, not_after
+    )
 
 
 def cert_requests(message: codec.PkiMessage) -> tuple[CertRequestFields, ...]:

@@ -115,10 +115,15 @@ KEY_USAGE_OID_DER = bytes.fromhex("0603551d0f")
 
 
 def cert_request_der(
-    public_key_der: bytes | None, subject: x509.Name | None, extensions: list[bytes] = (), cert_req_id: int = 0  # type: ignore[assignment]
+    public_key_der: bytes | None,
+    subject: x509.Name | None,
+    extensions: tuple[bytes, ...] = (),
+    cert_req_id: int = 0,
+    validity: bytes = b"",
 ) -> bytes:
-    """CertRequest (RFC 4211 §5) with a template of subject [5], publicKey [6], extensions [9]."""
-    template = b""
+    """CertRequest (RFC 4211 §5) with a template of validity [4] (content as
+    given), subject [5], publicKey [6], extensions [9]."""
+    template = _der.wrap(0xA4, validity) if validity else b""
     if subject is not None:
         template += _der.wrap(0xA5, subject.public_bytes())
     if public_key_der is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_own_ir_with_sans_and_extensions(algorithm: str) -> None:
     san = x509.SubjectAlternativeName([x509.DNSName("enb42.example"), x509.IPAddress(ipaddress.ip_address("10.0.0.42"))])
     usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
     request = cert_request_der(
-        public_key_der(signer), SUBJECT, [extension_der(san, SAN_OID_DER), extension_der(usage, KEY_USAGE_OID_DER, True)], 7
+        public_key_der(signer), SUBJECT, (extension_der(san, SAN_OID_DER), extension_der(usage, KEY_USAGE_OID_DER, True)), 7
     )
     message = _message(cert_req_body(0, [request + signature_pop(request, signer)]))
     (fields,) = messages.cert_requests(message)
@@ -100,9 +101,25 @@ def test_template_without_key_has_no_public_key() -> None:
     assert fields.public_key is None and fields.pop is Pop.MISSING
 
 
+def test_requested_validity_is_read_from_the_template() -> None:
+    validity = der.wrap(0xA0, der.wrap(0x17, b"491231235959Z")) + der.wrap(0xA1, der.wrap(0x18, b"20510101000000Z"))
+    request = cert_request_der(public_key_der(LocalSigner("ecdsa-sha256")), SUBJECT, validity=validity)
+    (fields,) = messages.cert_requests(_message(cert_req_body(0, [request])))
+    assert fields.not_before == datetime(2049, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    assert fields.not_after == datetime(2051, 1, 1, tzinfo=timezone.utc)
+
+
+def test_validity_with_a_local_time_is_bad_cert_template() -> None:
+    validity = der.wrap(0xA1, der.wrap(0x18, b"20510101000000"))
+    request = cert_request_der(public_key_der(LocalSigner("ecdsa-sha256")), SUBJECT, validity=validity)
+    with pytest.raises(messages.CertRequestError) as caught:
+        messages.cert_requests(_message(cert_req_body(0, [request])))
+    assert caught.value.fail_info == FailInfo.BAD_CERT_TEMPLATE
+
+
 def test_duplicate_extension_is_bad_cert_template() -> None:
     san = extension_der(x509.SubjectAlternativeName([x509.DNSName("a.example")]), SAN_OID_DER)
-    request = cert_request_der(public_key_der(LocalSigner("ecdsa-sha256")), SUBJECT, [san, san])
+    request = cert_request_der(public_key_der(LocalSigner("ecdsa-sha256")), SUBJECT, (san, san))
     with pytest.raises(messages.CertRequestError) as caught:
         messages.cert_requests(_message(cert_req_body(0, [request])))
     assert caught.value.fail_info == FailInfo.BAD_CERT_TEMPLATE
