@@ -103,18 +103,19 @@ def scan_header_ids(data: bytes) -> tuple[bytes | None, bytes | None, bytes | No
     """
     found: dict[int, bytes] = {}
     try:
-        top = der.read_tlv(data, 0)
-        header = der.read_tlv(data, top.content, top.end)
-        if header.tag != der.TAG_SEQUENCE:
+        # Declared lengths may run past a truncated buffer; read what is there.
+        top = der.read_header(data, 0)
+        header = der.read_header(data, top.content)
+        if top.tag != der.TAG_SEQUENCE or header.tag != der.TAG_SEQUENCE:
             return None, None, None
-        pos = header.content
-        while pos < header.end:
-            item = der.read_tlv(data, pos, header.end)
+        pos, end = header.content, min(header.end, len(data))
+        while pos < end:
+            item = der.read_tlv(data, pos, end)
             pos = item.end
             number = item.tag & 0x1F
             if item.tag & 0xC0 == der.CLASS_CONTEXT and number in (2, 4, 5):
                 inner = der.read_tlv(data, item.content, item.end)
-                if inner.tag == 0x04:
+                if inner.tag == der.TAG_OCTET_STRING:
                     found[number] = inner.value(data)
     except der.DerError:
         pass

@@ -46,11 +46,12 @@ class Tlv:
         return data[self.content : self.end]
 
 
-def read_tlv(data: bytes, offset: int, limit: int | None = None) -> Tlv:
-    """Read one DER element at offset (X.690 §8.1, §10.1); high tag numbers refused.
+def read_header(data: bytes, offset: int, limit: int | None = None) -> Tlv:
+    """Read one DER identifier and length at offset (X.690 §8.1.2–8.1.3, §10.1).
 
-    No CMP structure uses a tag number above 30, so multi-octet identifiers
-    (X.690 §8.1.2.4) are refused rather than parsed.
+    The returned end is the declared one and may lie beyond the buffer;
+    read_tlv checks it. High tag numbers are refused: no CMP structure uses a
+    tag number above 30 (X.690 §8.1.2.4).
     """
     end_of_buffer = len(data) if limit is None else limit
     if offset + 2 > end_of_buffer:
@@ -74,9 +75,15 @@ def read_tlv(data: bytes, offset: int, limit: int | None = None) -> Tlv:
         if length < 0x80 or data[pos] == 0:
             raise DerError("non-minimal length is not DER")
         pos += count
-    if pos + length > end_of_buffer:
-        raise DerError("element longer than its container")
     return Tlv(tag, offset, pos, pos + length)
+
+
+def read_tlv(data: bytes, offset: int, limit: int | None = None) -> Tlv:
+    """Read one complete DER element at offset (X.690 §8.1, §10.1)."""
+    element = read_header(data, offset, limit)
+    if element.end > (len(data) if limit is None else limit):
+        raise DerError("element longer than its container")
+    return element
 
 
 def children(data: bytes, parent: Tlv) -> list[Tlv]:

@@ -130,6 +130,19 @@ def test_extra_cert_with_bad_version_is_refused_when_loaded() -> None:
     assert caught.value.transaction_id == message.header.transaction_id
 
 
+def test_truncated_message_error_still_echoes_its_ids() -> None:
+    data = load_vector("CrWithSignatureProtection", "downstream_CERT_REQ")
+    header = codec.decode_message(data).header
+    with pytest.raises(codec.CmpDecodeError) as caught:
+        codec.decode_message(data[: len(data) // 2])
+    failure = caught.value
+    assert (failure.transaction_id, failure.sender_nonce, failure.sender_kid) == (
+        header.transaction_id,
+        header.sender_nonce,
+        header.sender_kid,
+    )
+
+
 def test_trailing_bytes_are_refused() -> None:
     with pytest.raises(codec.CmpDecodeError):
         codec.decode_message(load_vector("Rr", "upstream_REVOCATION_REQ") + b"\x00")
