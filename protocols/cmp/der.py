@@ -15,6 +15,11 @@ from dataclasses import dataclass
 # X.690 §8.1.2: class bits and the constructed bit of the identifier octet.
 CLASS_CONTEXT = 0x80
 CONSTRUCTED = 0x20
+TAG_INTEGER = 0x02
+TAG_OCTET_STRING = 0x04
+TAG_OID = 0x06
+TAG_UTF8_STRING = 0x0C
+TAG_GENERALIZED_TIME = 0x18
 TAG_SEQUENCE = 0x30
 
 # Deeper than any PKIMessage needs (a certificate in a CertRepMessage sits at
@@ -129,12 +134,6 @@ def wrap(tag: int, content: bytes) -> bytes:
     """One DER element with the given identifier octet around content."""
     return bytes([tag]) + encode_length(len(content)) + content
 
-
-TAG_INTEGER = 0x02
-TAG_OCTET_STRING = 0x04
-TAG_OID = 0x06
-TAG_UTF8_STRING = 0x0C
-TAG_GENERALIZED_TIME = 0x18
 
 
 def encode_integer(value: int) -> bytes:
