@@ -73,3 +73,33 @@ rate_counters = Table(
     Column("window_start", BigInteger, primary_key=True),
     Column("count", Integer, nullable=False),
 )
+
+# CMP transactions (RFC 4210 §5.1.1, RFC 9483 §3.5): one row per
+# transactionID and sender, so the certConf may reach any worker or node.
+cmp_transactions = Table(
+    "cmp_transactions",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),  # hex
+    Column("sender", String(80), primary_key=True),  # "kid:<hex>" or "cert:<sha256 hex>"
+    Column("body_type", String(8), nullable=False),  # ir | cr | kur | p10cr | rr
+    Column("status", String(24), nullable=False),  # open | awaiting_confirm | confirmed | rejected | pending | revoked
+    Column("cert_req_id", Integer),
+    Column("request_id", String(36)),  # the core's pending request, while waiting
+    Column("ca", String(64)),
+    Column("certificate_serial", String(42)),
+    Column("certificate", LargeBinary),  # DER, for certHash under any hashAlg
+    Column("cert_hash", String(128)),  # SHA-256 of the DER, hex
+    Column("created_at", TZ, nullable=False),
+    Column("expires_at", TZ, nullable=False),
+    Index("ix_cmp_transactions_status_expires", "status", "expires_at"),
+)
+
+# Every senderNonce a CMP request carried (RFC 4210 §5.1.1): a second use is
+# a replay (badSenderNonce). Rows older than the messageTime window go.
+cmp_nonces = Table(
+    "cmp_nonces",
+    metadata,
+    Column("nonce", String(128), primary_key=True),  # hex
+    Column("seen_at", TZ, nullable=False),
+    Index("ix_cmp_nonces_seen", "seen_at"),
+)

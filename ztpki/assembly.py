@@ -19,6 +19,7 @@ from ra.audit import AuditLog
 from ra.core import EnrolmentCore
 from ra.pending import PendingRequests
 from ra.ratelimit import RateLimiter
+from ra.transactions import CmpTransactions
 from vendor_trust.anchors import VendorTrust
 from vendor_trust.credentials import Credentials
 from vendor_trust.pins import Pins
@@ -151,6 +152,15 @@ class Instance:
             pending=self.pending,
             limiter=self.limiter,
         )
+
+    @cached_property
+    def cmp_transactions(self) -> CmpTransactions:
+        """CMP transactions and nonces in the store; a never-confirmed certificate is revoked."""
+
+        def revoke(serial: int, reason: str, ca: str | None) -> None:
+            self.revocations.revoke(serial, reason, ca=ca)
+
+        return CmpTransactions(self.engine, revoke)
 
     def close(self) -> None:
         if "token" in self.__dict__:

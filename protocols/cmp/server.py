@@ -1,0 +1,525 @@
+"""The CMP server state machine: bytes in, (HTTP status, bytes, content type) out.
+
+RFC 4210 §5, RFC 9483 §3–§4, 3GPP TS 33.310 §9. One generic core with a
+handler per request kind; the checks every message passes (decoding, pvno,
+protection, messageTime, nonce replay, transactionID) happen in one place.
+Nothing here decides policy: certificate and revocation requests become an
+EnrolmentRequest for the enrolment core, and its Decision becomes the reply.
+
+Transaction state lives in the store behind `Transactions` (ra/transactions.py),
+so any worker answers the certConf. Replies are protected as the request
+was: with the same shared secret, or signed by the server's protection key
+(handed in by the composition root; the protocol never opens the token).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from protocols.cmp import bodies, codec, der, messages, readers
+from protocols.cmp.bodies import CertResponse, FailInfo, PkiStatus, PollResponse, StatusInfo
+from protocols.cmp.header import NULL_DN_GENERAL_NAME, InfoTypeAndValue, PkiHeader, reply_header, reply_header_for
+from protocols.cmp.protection import (
+    MacAlgorithm,
+    ProtectionError,
+    Signer,
+    is_mac_protected,
+    protect_with_mac,
+    protect_with_signature,
+    verify_mac_protection,
+    verify_signature_protection,
+)
+from ra.requests import (
+    CurrentCertificate,
+    Decision,
+    EnrolmentRequest,
+    Evidence,
+    Issued,
+    Operation,
+    Pending,
+    Rejected,
+    RejectReason,
+    Revoked,
+    SharedSecretReference,
+    VendorCertificate,
+)
+from ra.requests import Protocol as RequestProtocol
+
+log = logging.getLogger("ztpki.cmp")
+
+CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
+
+ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"  # RFC 9480 §4.3 / RFC 9483 §4.3.1
+
+_REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
+_OPERATION = {"ir": Operation.INITIAL, "cr": Operation.INITIAL, "p10cr": Operation.INITIAL, "kur": Operation.REKEY}
+
+# RejectReason → PKIFailureInfo (RFC 4210 §5.2.3, RFC 9483 §3.6.4): the one
+# place the core's refusals become CMP codes.
+FAIL_INFO_OF_REASON = {
+    RejectReason.NOT_AUTHORIZED: FailInfo.NOT_AUTHORIZED,
+    RejectReason.BAD_POP: FailInfo.BAD_POP,
+    RejectReason.BAD_REQUEST: FailInfo.BAD_REQUEST,
+    RejectReason.UNKNOWN_DEVICE: FailInfo.NOT_AUTHORIZED,
+    RejectReason.DEVICE_BLOCKED: FailInfo.NOT_AUTHORIZED,
+    RejectReason.POLICY_VIOLATION: FailInfo.BAD_CERT_TEMPLATE,
+    RejectReason.BAD_CREDENTIAL: FailInfo.BAD_MESSAGE_CHECK,
+    RejectReason.UNTRUSTED_CERTIFICATE: FailInfo.SIGNER_NOT_TRUSTED,
+    RejectReason.CERTIFICATE_REVOKED: FailInfo.CERT_REVOKED,
+    RejectReason.CERTIFICATE_EXPIRED: FailInfo.SIGNER_NOT_TRUSTED,
+    RejectReason.TRANSACTION_IN_USE: FailInfo.TRANSACTION_ID_IN_USE,
+    RejectReason.REQUEST_REJECTED: FailInfo.NOT_AUTHORIZED,
+    RejectReason.SYSTEM_UNAVAILABLE: FailInfo.SYSTEM_UNAVAIL,
+}
+
+# certHash algorithms (RFC 9480 §2.10 hashAlg; RFC 9481 §2).
+_HASH_OIDS: dict[str, type[hashes.HashAlgorithm]] = {
+    "2.16.840.1.101.3.4.2.1": hashes.SHA256,
+    "2.16.840.1.101.3.4.2.2": hashes.SHA384,
+    "2.16.840.1.101.3.4.2.3": hashes.SHA512,
+}
+
+
+class Transactions(Protocol):
+    """What the server needs of ra.transactions.CmpTransactions."""
+
+    def first_use_of_nonce(self, nonce: bytes) -> bool: ...
+    def begin(self, transaction_id: bytes, sender: str, body_type: str) -> bool: ...
+    def get(self, transaction_id: bytes, sender: str) -> Any: ...
+    def record_issued(self, transaction_id: bytes, sender: str, *, ca: str | None, certificate: bytes,
+                      serial: int, cert_req_id: int, implicit_confirm: bool) -> bool: ...
+    def record_pending(self, transaction_id: bytes, sender: str, request_id: str, cert_req_id: int) -> bool: ...
+    def record_rejected(self, transaction_id: bytes, sender: str) -> bool: ...
+    def record_done(self, transaction_id: bytes, sender: str) -> bool: ...
+    def confirm(self, transaction_id: bytes, sender: str) -> bool: ...
+    def reject_confirmation(self, transaction_id: bytes, sender: str) -> bool: ...
+    def expire_unconfirmed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """The key that signs replies and its certificates (RFC 9483 §3.2, §3.3)."""
+
+    signer: Signer
+    certificate: x509.Certificate
+    chain: tuple[bytes, ...]  # DER: the protection certificate first, then its chain
+
+    @property
+    def sender(self) -> bytes:
+        # GeneralName directoryName [4] (RFC 5280 §4.2.1.6), explicit: Name is a CHOICE.
+        return der.wrap(0xA4, self.certificate.subject.public_bytes())
+
+    @property
+    def key_id(self) -> bytes:
+        try:
+            return self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            return x509.SubjectKeyIdentifier.from_public_key(self.certificate.public_key()).digest
+
+
+@dataclass(frozen=True)
+class CmpPolicy:
+    message_time_tolerance: timedelta = timedelta(minutes=10)  # RFC 9483 §3.1 messageTime
+    allow_implicit_confirm: bool = True  # RFC 4210 §5.1.1.1
+    allow_unprotected_genm: bool = True  # caCerts are public (RFC 9483 §4.3.1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a path label selects: an issuing CA and/or a profile (RFC 9483 §6.1)."""
+
+    ca: str | None = None
+    profile: str | None = None
+
+
+class CmpRefusal(Exception):
+    """A request refused at the CMP level; answered with an error message."""
+
+    def __init__(self, fail_info: FailInfo, text: str) -> None:
+        super().__init__(text)
+        self.fail_info = fail_info
+        self.text = text
+
+
+@dataclass
+class _Exchange:
+    """One request as verified so far, and how its reply is protected."""
+
+    message: codec.PkiMessage
+    route: Route
+    identity: ServerIdentity
+    peer: str | None
+    sender: str = ""  # transaction identity: "kid:<hex>" or "cert:<sha256 hex>"
+    secret: bytes | None = field(default=None, repr=False)
+    mac: MacAlgorithm | None = None
+    evidence: tuple[Evidence, ...] = ()
+
+    @property
+    def transaction_id(self) -> bytes:
+        return self.message.header.transaction_id or b""
+
+
+class CmpServer:
+    """RFC 4210 / RFC 9483 server over the enrolment core, sans-I/O."""
+
+    def __init__(
+        self,
+        *,
+        decide: Callable[[EnrolmentRequest], Decision],
+        result_of: Callable[[str], Decision],
+        transactions: Transactions,
+        mac_secret: Callable[[str, bool], bytes | None],
+        identity: Callable[[Route], ServerIdentity],
+        ca_certificates: Callable[[Route], tuple[bytes, ...]],
+        route: Callable[[str | None], Route | None] = lambda label: Route(),
+        policy: CmpPolicy = CmpPolicy(),
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        """mac_secret(reference, within_transaction): the shared secret behind
+        a senderKID, or None; within_transaction for certConf and pollReq,
+        whose credential may be used up by the request that began it."""
+        self.decide = decide
+        self.result_of = result_of
+        self.transactions = transactions
+        self.mac_secret = mac_secret
+        self.identity = identity
+        self.ca_certificates = ca_certificates
+        self.route = route
+        self.policy = policy
+        self.clock = clock
+        self._last_expiry: datetime | None = None
+
+    # -- the entry point ------------------------------------------------------------
+
+    def handle(self, body: bytes, *, path_label: str | None = None, peer: str | None = None) -> tuple[int, bytes, str]:
+        """Answer one CMP request (RFC 6712 §3.3: every CMP answer in a 200)."""
+        route = self.route(path_label)
+        if route is None:
+            log.warning("CMP request on an unknown path label %r from %s", path_label, peer)
+            return 404, b"no CMP endpoint %r\n" % (path_label or "").encode("utf-8", "replace"), "text/plain; charset=utf-8"
+        try:
+            message = codec.decode_message(body)
+        except codec.CmpDecodeError as exc:
+            log.info("CMP: undecodable request from %s: %s", peer, exc.reason)
+            return self._decode_error(exc, route)
+        except Exception:
+            log.exception("CMP: decoding failed unexpectedly")
+            return 400, b"not a CMP message\n", "text/plain; charset=utf-8"
+        exchange = _Exchange(message, route, self.identity(route), peer)
+        try:
+            self._expire_now_and_then()
+            self._check(exchange)
+            return self._ok(self._dispatch(exchange))
+        except CmpRefusal as refusal:
+            log.info("CMP %s from %s refused: %s", message.body_type, peer, refusal.text)
+            return self._ok(self._error(exchange, refusal.fail_info, refusal.text))
+        except Exception:
+            log.exception("CMP %s from %s: unexpected failure", message.body_type, peer)
+            return self._ok(self._error(exchange, FailInfo.SYSTEM_FAILURE, "internal error"))
+
+    @staticmethod
+    def _ok(reply: bytes) -> tuple[int, bytes, str]:
+        return 200, reply, CONTENT_TYPE
+
+    def _expire_now_and_then(self) -> None:
+        moment = self.clock()
+        if self._last_expiry is None or moment - self._last_expiry > timedelta(minutes=1):
+            self._last_expiry = moment
+            self.transactions.expire_unconfirmed()
+
+    # -- checks common to every message (RFC 9483 §3.1–§3.5) -------------------------
+
+    def _check(self, exchange: _Exchange) -> None:
+        header = exchange.message.header
+        if header.pvno not in (2, 3):
+            raise CmpRefusal(FailInfo.UNSUPPORTED_VERSION, "pvno %d is not supported" % header.pvno)
+        if not header.transaction_id or not header.sender_nonce:
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "transactionID and senderNonce are required (RFC 9483 §3.1)")
+        if header.message_time is not None:
+            skew = abs(header.message_time - self.clock())
+            if skew > self.policy.message_time_tolerance:
+                raise CmpRefusal(FailInfo.BAD_TIME, "messageTime is %d s off" % skew.total_seconds())
+        self._verify_protection(exchange)
+        if not self.transactions.first_use_of_nonce(header.sender_nonce):
+            raise CmpRefusal(FailInfo.BAD_SENDER_NONCE, "senderNonce was used before (replay)")
+
+    def _verify_protection(self, exchange: _Exchange) -> None:
+        message = exchange.message
+        header = message.header
+        if header.protection_alg is None:
+            if message.body_type == "genm" and self.policy.allow_unprotected_genm:
+                exchange.sender = "none"
+                return
+            raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "message is not protected (RFC 9483 §3.2)")
+        try:
+            if is_mac_protected(message):
+                reference = (header.sender_kid or b"").decode("utf-8", "replace")
+                within = message.body_type in ("certConf", "pollReq")
+                secret = self.mac_secret(reference, within) if reference else None
+                if secret is None:
+                    raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
+                exchange.mac = verify_mac_protection(message, secret)
+                exchange.secret = secret
+                exchange.sender = "kid:" + (header.sender_kid or b"").hex()[:72]
+                exchange.evidence = (SharedSecretReference(reference),)
+                return
+            signer = verify_signature_protection(message)
+        except ProtectionError as exc:
+            raise CmpRefusal(exc.fail_info, exc.reason) from None
+        except codec.CmpDecodeError as exc:
+            raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, exc.reason) from None
+        signer_der = signer.public_bytes(serialization.Encoding.DER)
+        exchange.sender = "cert:" + hashlib.sha256(signer_der).hexdigest()
+        chain = message.extra_certs
+        if message.body_type in ("kur", "rr"):
+            # RFC 4210 §5.3.5, RFC 9483 §4.1.3/§4.2: protected with the certificate to update or revoke.
+            exchange.evidence = (CurrentCertificate(chain[0], tuple(chain[1:])),)
+        else:
+            # TS 33.310 §9.5.3: the vendor IDevID and its chain (the core also
+            # recognises a certificate of ours, for cr with an operator certificate).
+            exchange.evidence = (VendorCertificate(tuple(chain)),)
+
+    # -- dispatch ------------------------------------------------------------------
+
+    def _dispatch(self, exchange: _Exchange) -> bytes:
+        kind = exchange.message.body_type
+        if kind in _REPLY_BODY:
+            return self._certify(exchange)
+        if kind == "certConf":
+            return self._confirm(exchange)
+        if kind == "pollReq":
+            return self._poll(exchange)
+        if kind == "rr":
+            return self._revoke(exchange)
+        if kind == "genm":
+            return self._general(exchange)
+        raise CmpRefusal(FailInfo.BAD_REQUEST, "%s is not a request this server answers" % kind)
+
+    def _begin(self, exchange: _Exchange) -> None:
+        if not self.transactions.begin(exchange.transaction_id, exchange.sender, exchange.message.body_type):
+            raise CmpRefusal(FailInfo.TRANSACTION_ID_IN_USE, "transactionID is in use (RFC 9483 §3.5)")
+
+    # -- ir, cr, kur, p10cr (RFC 9483 §4.1) ----------------------------------------
+
+    def _certify(self, exchange: _Exchange) -> bytes:
+        message = exchange.message
+        self._begin(exchange)
+        try:
+            if message.body_type == "p10cr":
+                fields, _ = messages.p10_request(message)
+            else:
+                requests = messages.cert_requests(message)
+                if len(requests) != 1:
+                    raise messages.CertRequestError("one certificate per request (RFC 9483 §4.1.1)", FailInfo.BAD_REQUEST)
+                fields = requests[0]
+        except messages.CertRequestError as exc:
+            self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
+            raise CmpRefusal(exc.fail_info, str(exc)) from None
+        request = EnrolmentRequest(
+            protocol=RequestProtocol.CMP,
+            operation=_OPERATION[message.body_type],
+            public_key=fields.public_key,
+            # raVerified is no proof here: no RA is configured as trusted (RFC 4211 §4).
+            pop_verified=fields.pop_verified,
+            subject=fields.subject,
+            sans=fields.sans,
+            extensions=fields.extensions,
+            evidence=exchange.evidence,
+            ca=exchange.route.ca,
+            profile=exchange.route.profile,
+            transaction_id=exchange.transaction_id.hex(),
+            peer=exchange.peer,
+            received_at=self.clock(),
+        )
+        decision = self.decide(request)
+        return self._answer_certification(exchange, decision, fields.cert_req_id, message.body_type)
+
+    def _answer_certification(self, exchange: _Exchange, decision: Decision, cert_req_id: int, request_type: str) -> bytes:
+        tid, sender = exchange.transaction_id, exchange.sender
+        reply_type = _REPLY_BODY[request_type]
+        if isinstance(decision, Issued):
+            certificate = decision.certificate.public_bytes(serialization.Encoding.DER)
+            implicit = exchange.message.header.implicit_confirm and self.policy.allow_implicit_confirm
+            self.transactions.record_issued(
+                tid, sender, ca=exchange.route.ca, certificate=certificate,
+                serial=decision.certificate.serial_number, cert_req_id=cert_req_id, implicit_confirm=implicit,
+            )
+            ca_pubs: tuple[bytes, ...] = ()
+            if request_type == "ir":
+                # TS 33.310 §9.5.3 and RFC 9483 §4.1.1: the operator root for a first enrolment.
+                ca_pubs = tuple(c.public_bytes(serialization.Encoding.DER) for c in decision.ca_certificates)
+            chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in decision.chain)
+            response = CertResponse(cert_req_id, StatusInfo(PkiStatus.ACCEPTED), certificate)
+            body = bodies.cert_rep_body([response], ca_pubs)
+            # RFC 9483 §4.1.1: the issued certificate's chain in extraCerts.
+            return self._reply(exchange, reply_type, body, chain, implicit_confirm=implicit)
+        if isinstance(decision, Pending):
+            self.transactions.record_pending(tid, sender, decision.request_id, cert_req_id)
+            waiting = StatusInfo(PkiStatus.WAITING, texts=("request %s awaits approval" % decision.request_id,))
+            return self._reply(exchange, reply_type, bodies.cert_rep_body([CertResponse(cert_req_id, waiting)]))
+        self.transactions.record_rejected(tid, sender)
+        if isinstance(decision, Rejected):
+            fail = FAIL_INFO_OF_REASON.get(decision.reason, FailInfo.BAD_REQUEST)
+            text = decision.text
+        else:
+            fail, text = FailInfo.BAD_REQUEST, "unexpected decision %s" % type(decision).__name__
+        rejected = StatusInfo(PkiStatus.REJECTION, frozenset({fail}), (text,))
+        return self._reply(exchange, reply_type, bodies.cert_rep_body([CertResponse(cert_req_id, rejected)]))
+
+    # -- certConf (RFC 4210 §5.3.18; RFC 9483 §4.1.1) ---------------------------------
+
+    def _confirm(self, exchange: _Exchange) -> bytes:
+        tid, sender = exchange.transaction_id, exchange.sender
+        record = self.transactions.get(tid, sender)
+        if record is None or record.status != "awaiting_confirm" or record.certificate is None:
+            # RFC 9483 §3.5: a message that belongs to no open transaction.
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "no transaction awaits this certConf")
+        try:
+            confirmations = readers.cert_confirmations(exchange.message)
+        except readers.BodyError as exc:
+            raise CmpRefusal(exc.fail_info, str(exc)) from None
+        if not confirmations or not confirmations[0].accepted:
+            # RFC 4210 §5.3.18: the client rejects the certificate; the CA revokes it.
+            self.transactions.reject_confirmation(tid, sender)
+            return self._reply(exchange, "pkiconf", bodies.pkiconf_body())
+        confirmation = confirmations[0]
+        if len(confirmations) != 1 or confirmation.cert_req_id != record.cert_req_id:
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "certConf names another certReqId")
+        expected = _cert_hash(record.certificate, confirmation.hash_alg.oid if confirmation.hash_alg else None)
+        if expected is None or expected != confirmation.cert_hash:
+            raise CmpRefusal(FailInfo.BAD_CERT_ID, "certHash does not match the issued certificate")
+        if not self.transactions.confirm(tid, sender):
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "the transaction is no longer awaiting confirmation")
+        return self._reply(exchange, "pkiconf", bodies.pkiconf_body())
+
+    # -- pollReq (RFC 4210 §5.3.22; RFC 9483 §4.4) ---------------------------------------
+
+    def _poll(self, exchange: _Exchange) -> bytes:
+        tid, sender = exchange.transaction_id, exchange.sender
+        record = self.transactions.get(tid, sender)
+        if record is None or record.status != "pending" or record.request_id is None:
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "no pending request in this transaction")
+        decision = self.result_of(record.request_id)
+        if isinstance(decision, Pending):
+            entry = PollResponse(record.cert_req_id or 0, decision.retry_after)
+            return self._reply(exchange, "pollRep", bodies.poll_rep_body([entry]))
+        return self._answer_certification(exchange, decision, record.cert_req_id or 0, record.body_type)
+
+    # -- rr (RFC 4210 §5.3.9; RFC 9483 §4.2) ------------------------------------------------
+
+    def _revoke(self, exchange: _Exchange) -> bytes:
+        self._begin(exchange)
+        try:
+            details = readers.revocation_requests(exchange.message)
+        except readers.BodyError as exc:
+            self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
+            raise CmpRefusal(exc.fail_info, str(exc)) from None
+        if len(details) != 1 or details[0].serial_number is None:
+            self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "one RevDetails with a serialNumber (RFC 9483 §4.2)")
+        request = EnrolmentRequest(
+            protocol=RequestProtocol.CMP,
+            operation=Operation.REVOCATION,
+            public_key=None,
+            pop_verified=False,
+            evidence=exchange.evidence,
+            ca=exchange.route.ca,
+            transaction_id=exchange.transaction_id.hex(),
+            revoke_serial=details[0].serial_number,
+            revoke_reason=details[0].reason or "unspecified",
+            peer=exchange.peer,
+            received_at=self.clock(),
+        )
+        decision = self.decide(request)
+        if isinstance(decision, Revoked):
+            self.transactions.record_done(exchange.transaction_id, exchange.sender)
+            status = StatusInfo(PkiStatus.ACCEPTED)
+        else:
+            self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
+            reason = decision.reason if isinstance(decision, Rejected) else RejectReason.BAD_REQUEST
+            text = decision.text if isinstance(decision, Rejected) else "revocation not possible"
+            status = StatusInfo(PkiStatus.REJECTION, frozenset({FAIL_INFO_OF_REASON.get(reason, FailInfo.BAD_REQUEST)}), (text,))
+        return self._reply(exchange, "rp", bodies.rp_body([status]))
+
+    # -- genm (RFC 4210 §5.3.19; RFC 9483 §4.3) ----------------------------------------------
+
+    def _general(self, exchange: _Exchange) -> bytes:
+        try:
+            infos = readers.general_messages(exchange.message)
+        except readers.BodyError as exc:
+            raise CmpRefusal(exc.fail_info, str(exc)) from None
+        answers = []
+        for info in infos:
+            if info.info_type == ID_IT_CA_CERTS:
+                certs = self.ca_certificates(exchange.route)
+                answers.append(InfoTypeAndValue(ID_IT_CA_CERTS, der.wrap(der.TAG_SEQUENCE, b"".join(certs))))
+        if not answers:
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "no supported infoType in genm (caCerts is, RFC 9483 §4.3.1)")
+        return self._reply(exchange, "genp", bodies.genp_body(answers))
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def _reply(
+        self, exchange: _Exchange, body_type: str, body: Any, extra: tuple[bytes, ...] = (), *, implicit_confirm: bool = False
+    ) -> bytes:
+        identity = exchange.identity
+        signed = exchange.secret is None
+        header = reply_header_for(
+            exchange.message.header, identity.sender, identity.key_id if signed else None,
+            implicit_confirm=implicit_confirm,
+        )
+        return self._protect(exchange, header, codec.encode_body(body_type, body), extra)
+
+    def _protect(self, exchange: _Exchange, header: PkiHeader, body_der: bytes, extra: tuple[bytes, ...]) -> bytes:
+        if exchange.secret is not None and exchange.mac is not None:
+            return protect_with_mac(header, body_der, exchange.secret, exchange.mac, extra)
+        identity = exchange.identity
+        certs = identity.chain + tuple(c for c in extra if c not in identity.chain)
+        return protect_with_signature(header, body_der, identity.signer, certs)
+
+    def _error(self, exchange: _Exchange, fail_info: FailInfo, text: str) -> bytes:
+        """An error message (RFC 4210 §5.3.21; RFC 9483 §3.6.4), protected as far as we can."""
+        body = bodies.error_body(StatusInfo(PkiStatus.REJECTION, frozenset({fail_info}), (text[:200],)))
+        return self._reply(exchange, "error", body)
+
+    def _decode_error(self, exc: codec.CmpDecodeError, route: Route) -> tuple[int, bytes, str]:
+        # RFC 9483 §3.6.4: echo whatever transactionID and nonce could be read.
+        if exc.transaction_id is None and exc.sender_nonce is None:
+            return 400, b"not a CMP message\n", "text/plain; charset=utf-8"
+        identity = self.identity(route)
+        header = reply_header(
+            identity.sender, NULL_DN_GENERAL_NAME,
+            transaction_id=exc.transaction_id or os.urandom(16),
+            recip_nonce=exc.sender_nonce,
+            sender_kid=identity.key_id,
+            recip_kid=exc.sender_kid,
+        )
+        body = bodies.error_body(
+            StatusInfo(PkiStatus.REJECTION, frozenset({FailInfo.BAD_DATA_FORMAT}), (exc.reason[:200],))
+        )
+        reply = protect_with_signature(header, codec.encode_body("error", body), identity.signer, identity.chain)
+        return self._ok(reply)
+
+
+def _cert_hash(certificate_der: bytes, hash_oid: str | None) -> bytes | None:
+    """certHash (RFC 4210 §5.3.18; RFC 9480 §2.10): hashAlg if given, else the
+    hash of the certificate's signature algorithm (SHA-512 for Ed25519)."""
+    if hash_oid is not None:
+        algorithm = _HASH_OIDS.get(hash_oid)
+        if algorithm is None:
+            return None
+        chosen: hashes.HashAlgorithm = algorithm()
+    else:
+        certificate = x509.load_der_x509_certificate(certificate_der)
+        chosen = certificate.signature_hash_algorithm or hashes.SHA512()
+    digest = hashes.Hash(chosen)
+    digest.update(certificate_der)
+    return digest.finalize()

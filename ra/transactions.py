@@ -1,0 +1,232 @@
+"""CMP transaction state in the store (RFC 4210 §5.1.1, §5.3.18; RFC 9483 §3.5).
+
+A transaction is keyed by its transactionID and the identity that protected
+it (the MAC's senderKID or the signer certificate), so a certConf can reach
+any worker or node. Every state change is one UPDATE … WHERE status = …, so
+two workers racing on the same transaction cannot both win. Nothing about a
+transaction lives in process memory.
+
+The protocol code hands in bytes and identities; this module never parses
+protocol messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ca.store import now
+from ra.schema import cmp_nonces, cmp_transactions
+
+log = logging.getLogger("ztpki.ra.transactions")
+
+# Revoke a certificate: (serial, CRL reason name, issuing CA name).
+Revoker = Callable[[int, str, "str | None"], None]
+
+OPEN = "open"  # the request is being decided
+PENDING = "pending"  # the core holds it for approval; the client polls
+AWAITING_CONFIRM = "awaiting_confirm"  # issued, certConf expected
+CONFIRMED = "confirmed"  # certConf accepted, or implicitConfirm granted
+REJECTED = "rejected"  # the request was refused
+CONFIRM_REJECTED = "confirm_rejected"  # the client rejected the certificate; revoked
+UNCONFIRMED = "unconfirmed"  # no certConf in time; revoked
+DONE = "done"  # rr and other one-shot exchanges
+
+
+@dataclass(frozen=True)
+class CmpTransaction:
+    transaction_id: str
+    sender: str
+    body_type: str
+    status: str
+    cert_req_id: int | None
+    request_id: str | None
+    ca: str | None
+    certificate_serial: int | None
+    certificate: bytes | None
+    cert_hash: str | None
+    created_at: datetime
+    expires_at: datetime
+
+
+def _row(row: object) -> CmpTransaction:
+    values = dict(row._mapping)  # type: ignore[attr-defined]
+    serial = values.pop("certificate_serial")
+    certificate = values.pop("certificate")
+    return CmpTransaction(
+        certificate_serial=int(serial, 16) if serial else None,
+        certificate=bytes(certificate) if certificate is not None else None,
+        **values,
+    )
+
+
+class CmpTransactions:
+    """The CMP transactions and senderNonces an instance has seen."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        revoke: Revoker | None = None,
+        *,
+        confirm_wait: timedelta = timedelta(minutes=10),
+        nonce_memory: timedelta = timedelta(minutes=30),
+    ) -> None:
+        self.engine = engine
+        self.revoke = revoke
+        self.confirm_wait = confirm_wait
+        self.nonce_memory = nonce_memory
+        self._last_purge: datetime | None = None
+
+    # -- replay protection ---------------------------------------------------
+
+    def first_use_of_nonce(self, nonce: bytes) -> bool:
+        """Record a request's senderNonce; False if it was seen before (a replay)."""
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(cmp_nonces).values(nonce=nonce.hex()[:128], seen_at=stamp))
+        except IntegrityError:
+            return False
+        self._purge(stamp)
+        return True
+
+    def _purge(self, stamp: datetime) -> None:
+        # At most once a minute per worker: forget nonces older than the
+        # messageTime window (a message that old is refused with badTime).
+        if self._last_purge is not None and stamp - self._last_purge < timedelta(minutes=1):
+            return
+        self._last_purge = stamp
+        with self.engine.begin() as conn:
+            conn.execute(delete(cmp_nonces).where(cmp_nonces.c.seen_at < stamp - self.nonce_memory))
+
+    # -- transactions --------------------------------------------------------
+
+    def begin(self, transaction_id: bytes, sender: str, body_type: str) -> bool:
+        """Start a transaction; False if this sender already used the transactionID."""
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(cmp_transactions).values(
+                        transaction_id=transaction_id.hex(),
+                        sender=sender,
+                        body_type=body_type,
+                        status=OPEN,
+                        created_at=stamp,
+                        expires_at=stamp + self.confirm_wait,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def get(self, transaction_id: bytes, sender: str) -> CmpTransaction | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(cmp_transactions).where(
+                    cmp_transactions.c.transaction_id == transaction_id.hex(),
+                    cmp_transactions.c.sender == sender,
+                )
+            ).first()
+        return _row(row) if row is not None else None
+
+    def _move(self, transaction_id: bytes, sender: str, from_states: tuple[str, ...], **values: object) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(cmp_transactions)
+                .where(
+                    cmp_transactions.c.transaction_id == transaction_id.hex(),
+                    cmp_transactions.c.sender == sender,
+                    cmp_transactions.c.status.in_(from_states),
+                )
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    def record_issued(
+        self,
+        transaction_id: bytes,
+        sender: str,
+        *,
+        ca: str | None,
+        certificate: bytes,
+        serial: int,
+        cert_req_id: int,
+        implicit_confirm: bool,
+    ) -> bool:
+        """The certificate went out; a certConf is now expected unless implicitly confirmed."""
+        return self._move(
+            transaction_id,
+            sender,
+            (OPEN, PENDING),
+            status=CONFIRMED if implicit_confirm else AWAITING_CONFIRM,
+            ca=ca,
+            certificate=certificate,
+            certificate_serial=format(serial, "x"),
+            cert_hash=hashlib.sha256(certificate).hexdigest(),
+            cert_req_id=cert_req_id,
+            expires_at=now() + self.confirm_wait,
+        )
+
+    def record_pending(self, transaction_id: bytes, sender: str, request_id: str, cert_req_id: int) -> bool:
+        return self._move(
+            transaction_id, sender, (OPEN, PENDING), status=PENDING, request_id=request_id, cert_req_id=cert_req_id
+        )
+
+    def record_rejected(self, transaction_id: bytes, sender: str) -> bool:
+        return self._move(transaction_id, sender, (OPEN, PENDING), status=REJECTED)
+
+    def record_done(self, transaction_id: bytes, sender: str) -> bool:
+        return self._move(transaction_id, sender, (OPEN,), status=DONE)
+
+    def confirm(self, transaction_id: bytes, sender: str) -> bool:
+        """certConf accepted (RFC 4210 §5.3.18); False unless it was awaiting one in time."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(cmp_transactions)
+                .where(
+                    cmp_transactions.c.transaction_id == transaction_id.hex(),
+                    cmp_transactions.c.sender == sender,
+                    cmp_transactions.c.status == AWAITING_CONFIRM,
+                    cmp_transactions.c.expires_at > now(),
+                )
+                .values(status=CONFIRMED)
+            )
+        return result.rowcount == 1
+
+    def reject_confirmation(self, transaction_id: bytes, sender: str) -> bool:
+        """The client rejected its certificate in certConf: revoke it (RFC 4210 §5.3.18)."""
+        record = self.get(transaction_id, sender)
+        if record is None or not self._move(transaction_id, sender, (AWAITING_CONFIRM,), status=CONFIRM_REJECTED):
+            return False
+        self._revoke(record, "cessationOfOperation")
+        return True
+
+    def expire_unconfirmed(self) -> int:
+        """Revoke certificates whose certConf never came (RFC 4210 §5.3.18); how many."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cmp_transactions).where(
+                    cmp_transactions.c.status == AWAITING_CONFIRM, cmp_transactions.c.expires_at <= now()
+                )
+            ).all()
+        count = 0
+        for row in rows:
+            record = _row(row)
+            tid = bytes.fromhex(record.transaction_id)
+            if self._move(tid, record.sender, (AWAITING_CONFIRM,), status=UNCONFIRMED):
+                self._revoke(record, "cessationOfOperation")
+                count += 1
+        return count
+
+    def _revoke(self, record: CmpTransaction, reason: str) -> None:
+        if self.revoke is None or record.certificate_serial is None:
+            return
+        self.revoke(record.certificate_serial, reason, record.ca)
+        log.info("CMP transaction %s: certificate %x revoked (%s)", record.transaction_id, record.certificate_serial, reason)

@@ -1,0 +1,284 @@
+"""The CMP server on a real instance (SoftHSM2, SQLite): RFC 9483 flows on bytes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from protocols.cmp import codec, der, macs
+from protocols.cmp.bodies import FailInfo, PkiStatus, StatusInfo, status_info_from_asn1
+from protocols.cmp.header import NULL_DN_GENERAL_NAME, PkiHeader, implicit_confirm_info
+from protocols.cmp.protection import (
+    protect_with_mac,
+    protect_with_signature,
+    verify_mac_protection,
+    verify_signature_protection,
+)
+from protocols.cmp.server import CONTENT_TYPE, CmpServer
+from ztpki.app import cmp_server_for
+from ztpki.assembly import Instance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))
+from cmphelpers import cert_req_body, cert_request_der, signature_pop  # noqa: E402
+from corehelpers import World, make_world  # noqa: E402
+
+
+# -- a small RFC 9483 client ------------------------------------------------------------
+
+
+class KeySigner:
+    algorithm = "ecdsa-sha256"
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self.key = key
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+@dataclass
+class MacCredential:
+    reference: str
+    secret: bytes
+
+
+@dataclass
+class CertCredential:
+    key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+
+Credential = MacCredential | CertCredential
+
+
+def _header(credential: Credential, transaction_id: bytes, *, implicit: bool = False, nonce: bytes | None = None,
+            moment: datetime | None = None) -> PkiHeader:
+    if isinstance(credential, MacCredential):
+        kid = credential.reference.encode()
+    else:
+        kid = credential.chain[0].extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    return PkiHeader(
+        pvno=2,
+        sender=NULL_DN_GENERAL_NAME,
+        recipient=NULL_DN_GENERAL_NAME,
+        message_time=(moment or datetime.now(timezone.utc)).replace(microsecond=0),
+        sender_kid=kid,
+        transaction_id=transaction_id,
+        sender_nonce=nonce or os.urandom(16),
+        general_info=(implicit_confirm_info(),) if implicit else (),
+    )
+
+
+def protect(credential: Credential, header: PkiHeader, body_der: bytes) -> bytes:
+    if isinstance(credential, MacCredential):
+        return protect_with_mac(header, body_der, credential.secret, macs.new_password_based_mac(iterations=500))
+    certs = tuple(c.public_bytes(serialization.Encoding.DER) for c in credential.chain)
+    return protect_with_signature(header, body_der, KeySigner(credential.key), certs)
+
+
+def cert_request(credential: Credential, key: ec.EllipticCurvePrivateKey, *, body_tag: int = 0,
+                 transaction_id: bytes | None = None, implicit: bool = False, **header: object) -> tuple[bytes, bytes]:
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "device")])
+    request = cert_request_der(spki, subject)
+    signer = KeySigner(key)
+    body = cert_req_body(body_tag, [request + signature_pop(request, signer)])  # type: ignore[arg-type]
+    tid = transaction_id or os.urandom(16)
+    return tid, protect(credential, _header(credential, tid, implicit=implicit, **header), body)  # type: ignore[arg-type]
+
+
+def cert_conf(credential: Credential, transaction_id: bytes, certificate: bytes, *, accept: bool = True) -> bytes:
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(certificate)
+    content = der.wrap(der.TAG_OCTET_STRING, digest.finalize()) + der.encode_integer(0)
+    if not accept:
+        content += bytes.fromhex("3003020102")  # PKIStatusInfo { rejection }
+    body = der.wrap(0xA0 | 24, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, content)))
+    return protect(credential, _header(credential, transaction_id), body)
+
+
+def answer(server: CmpServer, request: bytes) -> codec.PkiMessage:
+    status, reply, content_type = server.handle(request, path_label=None, peer="192.0.2.1")
+    assert (status, content_type) == (200, CONTENT_TYPE)
+    return codec.decode_message(reply)
+
+
+def issued_certificate(reply: codec.PkiMessage) -> bytes:
+    assert reply.body_type in ("ip", "cp", "kup"), reply.body_type
+    response = reply.body["response"][0]
+    status = status_info_from_asn1(response["status"])
+    assert status.status == PkiStatus.ACCEPTED, status
+    return bytes(response["certifiedKeyPair"]["certOrEncCert"]["certificate"])
+
+
+def refusal(reply: codec.PkiMessage) -> StatusInfo:
+    if reply.body_type == "error":
+        return status_info_from_asn1(reply.body["pKIStatusInfo"])
+    return status_info_from_asn1(reply.body["response"][0]["status"])
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return make_world(tmp_path_factory.mktemp("cmp-home"))
+
+
+@pytest.fixture(scope="module")
+def server(world: World) -> CmpServer:
+    return cmp_server_for(world.instance)
+
+
+@pytest.fixture
+def mac(world: World) -> MacCredential:
+    serial = world.device()
+    reference, secret = world.instance.credentials.create_mac(device_serial=serial)
+    return MacCredential(reference, secret.encode())
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+# -- the flows ---------------------------------------------------------------------------------
+
+
+def test_mac_protected_ir_gets_ip_then_certconf_gets_pkiconf(server: CmpServer, mac: MacCredential) -> None:
+    key = new_key()
+    tid, request = cert_request(mac, key)
+    reply = answer(server, request)
+    verify_mac_protection(reply, mac.secret)
+    certificate = issued_certificate(reply)
+    assert x509.load_der_x509_certificate(certificate).public_key() == key.public_key()
+    assert reply.header.transaction_id == tid
+    assert reply.body["caPubs"].isValue  # the operator root for a first enrolment
+    confirmed = answer(server, cert_conf(mac, tid, certificate))
+    verify_mac_protection(confirmed, mac.secret)
+    assert confirmed.body_type == "pkiconf"
+
+
+def test_vendor_signed_ir_gets_signed_ip_with_the_root_in_capubs(world: World, server: CmpServer) -> None:
+    serial = world.device()
+    idevid = world.vendor.device(serial)
+    credential = CertCredential(idevid.key, tuple(world.vendor.chain(idevid)))  # type: ignore[arg-type]
+    tid, request = cert_request(credential, new_key())
+    reply = answer(server, request)
+    signer = verify_signature_protection(reply)
+    issuing = world.instance.cas.authority()
+    assert signer == issuing.certificate
+    certificate = issued_certificate(reply)
+    ca_pubs = [x509.load_der_x509_certificate(bytes(c)) for c in reply.body["caPubs"]]
+    assert ca_pubs == [issuing.chain[-1]]
+    assert answer(server, cert_conf(credential, tid, certificate)).body_type == "pkiconf"
+
+
+def test_untrusted_vendor_certificate_is_refused_with_signerNotTrusted(world: World, server: CmpServer) -> None:
+    serial = world.device()
+    idevid = world.stranger.device(serial)
+    credential = CertCredential(idevid.key, tuple(world.stranger.chain(idevid)))  # type: ignore[arg-type]
+    _, request = cert_request(credential, new_key())
+    assert refusal(answer(server, request)).fail_info == {FailInfo.SIGNER_NOT_TRUSTED}
+
+
+def test_replayed_request_is_refused_with_badSenderNonce(server: CmpServer, mac: MacCredential) -> None:
+    _, request = cert_request(mac, new_key())
+    issued_certificate(answer(server, request))
+    again = answer(server, request)
+    assert refusal(again).fail_info == {FailInfo.BAD_SENDER_NONCE}
+
+
+def test_reused_transaction_id_is_refused_with_transactionIdInUse(server: CmpServer, mac: MacCredential) -> None:
+    tid, request = cert_request(mac, new_key())
+    issued_certificate(answer(server, request))
+    _, second = cert_request(mac, new_key(), transaction_id=tid)
+    assert refusal(answer(server, second)).fail_info == {FailInfo.TRANSACTION_ID_IN_USE}
+
+
+def test_wrong_secret_is_refused_with_badMessageCheck(server: CmpServer, mac: MacCredential) -> None:
+    _, request = cert_request(replace(mac, secret=b"not the secret"), new_key())
+    reply = answer(server, request)
+    assert refusal(reply).fail_info == {FailInfo.BAD_MESSAGE_CHECK}
+    verify_signature_protection(reply)  # the secret is unknown to us: signed instead
+
+
+def test_unknown_sender_kid_is_refused_with_badMessageCheck(server: CmpServer) -> None:
+    _, request = cert_request(MacCredential("mac-unknown", b"secret"), new_key())
+    assert refusal(answer(server, request)).fail_info == {FailInfo.BAD_MESSAGE_CHECK}
+
+
+def test_stale_message_time_is_refused_with_badTime(server: CmpServer, mac: MacCredential) -> None:
+    _, request = cert_request(mac, new_key(), moment=datetime.now(timezone.utc) - timedelta(hours=1))
+    assert refusal(answer(server, request)).fail_info == {FailInfo.BAD_TIME}
+
+
+def test_certconf_with_a_wrong_hash_is_refused(server: CmpServer, mac: MacCredential) -> None:
+    tid, request = cert_request(mac, new_key())
+    issued_certificate(answer(server, request))
+    reply = answer(server, cert_conf(mac, tid, b"some other certificate"))
+    assert refusal(reply).fail_info == {FailInfo.BAD_CERT_ID}
+
+
+def test_certconf_for_an_unknown_transaction_is_refused(server: CmpServer, mac: MacCredential) -> None:
+    reply = answer(server, cert_conf(mac, os.urandom(16), b"x"))
+    assert refusal(reply).fail_info == {FailInfo.BAD_REQUEST}
+
+
+def test_certconf_reaches_another_worker(world: World, server: CmpServer, mac: MacCredential) -> None:
+    tid, request = cert_request(mac, new_key())
+    certificate = issued_certificate(answer(server, request))
+    other = Instance.open(world.instance.settings.home)
+    try:
+        confirmed = answer(cmp_server_for(other), cert_conf(mac, tid, certificate))
+    finally:
+        other.close()
+    assert confirmed.body_type == "pkiconf"
+    # and the transaction is finished: a second certConf is refused
+    assert refusal(answer(server, cert_conf(mac, tid, certificate))).fail_info == {FailInfo.BAD_REQUEST}
+
+
+def test_certconf_rejecting_the_certificate_revokes_it(world: World, server: CmpServer, mac: MacCredential) -> None:
+    tid, request = cert_request(mac, new_key())
+    certificate = x509.load_der_x509_certificate(issued_certificate(answer(server, request)))
+    assert answer(server, cert_conf(mac, tid, b"", accept=False)).body_type == "pkiconf"
+    assert world.instance.store.certificate(certificate.serial_number).status == "revoked"
+
+
+def test_implicit_confirm_is_granted(server: CmpServer, mac: MacCredential) -> None:
+    tid, request = cert_request(mac, new_key(), implicit=True)
+    reply = answer(server, request)
+    issued_certificate(reply)
+    assert reply.header.implicit_confirm
+
+
+def test_single_use_credential_still_confirms(world: World, server: CmpServer) -> None:
+    serial = world.device()
+    reference, secret = world.instance.credentials.create_mac(device_serial=serial, max_uses=1)
+    mac = MacCredential(reference, secret.encode())
+    tid, request = cert_request(mac, new_key())
+    certificate = issued_certificate(answer(server, request))
+    assert answer(server, cert_conf(mac, tid, certificate)).body_type == "pkiconf"
+
+
+def test_garbage_gets_a_4xx_and_truncated_cmp_an_error(server: CmpServer, mac: MacCredential) -> None:
+    status, _, content_type = server.handle(b"hello", path_label=None, peer=None)
+    assert status == 400 and content_type.startswith("text/plain")
+    tid, request = cert_request(mac, new_key())
+    reply = answer(server, request[:-40])
+    assert reply.body_type == "error" and reply.header.transaction_id == tid
+    assert refusal(reply).fail_info == {FailInfo.BAD_DATA_FORMAT}
+
+
+def test_unknown_path_label_is_a_404(server: CmpServer, mac: MacCredential) -> None:
+    _, request = cert_request(mac, new_key())
+    status, _, _ = server.handle(request, path_label="nonesuch", peer=None)
+    assert status == 404
