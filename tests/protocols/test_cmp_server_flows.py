@@ -1,0 +1,162 @@
+"""More CMP server flows: pending requests and polling (RFC 9483 §4.4), the HTTP
+binding (RFC 6712), revocation, genm, and mutated input (never a traceback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocols.cmp import codec, der
+from protocols.cmp.bodies import FailInfo, PkiStatus, status_info_from_asn1
+from protocols.cmp.server import CONTENT_TYPE, ID_IT_CA_CERTS, CmpServer
+from ztpki.app import cmp_server_for, create_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))
+from corehelpers import World, make_world  # noqa: E402
+from test_cmp_server import (  # noqa: E402
+    CertCredential,
+    MacCredential,
+    _header,
+    answer,
+    cert_conf,
+    cert_request,
+    issued_certificate,
+    new_key,
+    protect,
+    refusal,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return make_world(tmp_path_factory.mktemp("cmp-flows"))
+
+
+@pytest.fixture(scope="module")
+def server(world: World) -> CmpServer:
+    return cmp_server_for(world.instance)
+
+
+def mac_for(world: World, profile: str = "enb") -> MacCredential:
+    serial = world.device(profile=profile)
+    reference, secret = world.instance.credentials.create_mac(device_serial=serial)
+    return MacCredential(reference, secret.encode())
+
+
+def poll_req(credential: MacCredential, transaction_id: bytes) -> bytes:
+    body = der.wrap(0xA0 | 25, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, der.encode_integer(0))))
+    return protect(credential, _header(credential, transaction_id), body)
+
+
+def test_pending_request_is_polled_until_approved(world: World, server: CmpServer) -> None:
+    cas = world.instance.cas
+    cas.profiles["enb-manual"] = dataclasses.replace(cas.profiles["enb"], name="enb-manual", approval="manual")
+    mac = mac_for(world, "enb-manual")
+    tid, request = cert_request(mac, new_key())
+    waiting = answer(server, request)
+    assert waiting.body_type == "ip"
+    assert status_info_from_asn1(waiting.body["response"][0]["status"]).status == PkiStatus.WAITING
+    polled = answer(server, poll_req(mac, tid))
+    assert polled.body_type == "pollRep"
+    assert int(polled.body[0]["checkAfter"]) > 0
+    (record,) = [r for r in world.instance.pending.list(status="pending") if r.transaction_key == "cmp:" + tid.hex()]
+    world.instance.pending.approve(record.id, "admin")
+    ready = answer(server, poll_req(mac, tid))
+    certificate = issued_certificate(ready)
+    assert answer(server, cert_conf(mac, tid, certificate)).body_type == "pkiconf"
+
+
+def test_blocked_device_is_refused_with_notAuthorized(world: World, server: CmpServer) -> None:
+    serial = world.device()
+    reference, secret = world.instance.credentials.create_mac(device_serial=serial)
+    world.instance.registry.block(serial, "stolen")
+    _, request = cert_request(MacCredential(reference, secret.encode()), new_key())
+    assert refusal(answer(server, request)).fail_info == {FailInfo.NOT_AUTHORIZED}
+
+
+def test_vendor_signed_rr_for_someone_elses_certificate_is_refused(world: World, server: CmpServer) -> None:
+    serial = world.device()
+    idevid = world.vendor.device(serial)
+    credential = CertCredential(idevid.key, tuple(world.vendor.chain(idevid)))  # type: ignore[arg-type]
+    tid, request = cert_request(credential, new_key(), implicit=True)
+    issued = x509.load_der_x509_certificate(issued_certificate(answer(server, request)))
+    # rr signed with the vendor certificate, not the certificate to revoke (RFC 9483 §4.2)
+    serial_der = der.encode_integer(issued.serial_number)
+    template = der.wrap(0x81, der.read_tlv(serial_der, 0).value(serial_der))  # [1] IMPLICIT serialNumber
+    body = der.wrap(0xAB, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, template))))
+    reply = answer(server, protect(credential, _header(credential, os.urandom(16)), body))
+    assert reply.body_type == "rp"
+    status = status_info_from_asn1(reply.body["status"][0])
+    assert status.status == PkiStatus.REJECTION and status.fail_info == {FailInfo.SIGNER_NOT_TRUSTED}
+    assert world.instance.store.certificate(issued.serial_number).status == "valid"
+
+
+def test_genm_cacerts_answers_the_chain(world: World, server: CmpServer) -> None:
+    mac = mac_for(world)
+    info = der.wrap(der.TAG_SEQUENCE, der.encode_oid(ID_IT_CA_CERTS))
+    body = der.wrap(0xA0 | 21, der.wrap(der.TAG_SEQUENCE, info))
+    reply = answer(server, protect(mac, _header(mac, os.urandom(16)), body))
+    assert reply.body_type == "genp"
+    value = bytes(reply.body[0]["infoValue"])
+    outer = der.read_tlv(value, 0)
+    certs = [x509.load_der_x509_certificate(c.slice(value)) for c in der.children(value, outer)]
+    assert tuple(certs) == world.instance.cas.authority().chain
+
+
+def test_http_binding(world: World) -> None:
+    client = create_app(world.instance).test_client()
+    mac = mac_for(world)
+    _, request = cert_request(mac, new_key())
+    wrong_type = client.post("/.well-known/cmp", data=request, content_type="application/octet-stream")
+    assert wrong_type.status_code == 415
+    garbage = client.post("/.well-known/cmp", data=b"hello", content_type=CONTENT_TYPE)
+    assert garbage.status_code == 400 and garbage.mimetype == "text/plain"
+    ok = client.post("/.well-known/cmp", data=request, content_type=CONTENT_TYPE)
+    assert ok.status_code == 200 and ok.mimetype == CONTENT_TYPE
+    issued_certificate(codec.decode_message(ok.data))
+    ca = world.instance.cas.default_ca
+    _, labelled = cert_request(mac_for(world), new_key())
+    by_ca = client.post(f"/.well-known/cmp/p/{ca}", data=labelled, content_type=CONTENT_TYPE)
+    assert by_ca.status_code == 200
+    issued_certificate(codec.decode_message(by_ca.data))
+    assert client.post("/.well-known/cmp/p/nonesuch", data=labelled, content_type=CONTENT_TYPE).status_code == 404
+    assert client.post("/.well-known/cmp/elsewhere", data=labelled, content_type=CONTENT_TYPE).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def valid_request(world: World) -> bytes:
+    _, request = cert_request(MacCredential("mac-fuzz", b"secret"), new_key())
+    return request
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_requests_get_a_cmp_error_or_a_4xx(server: CmpServer, valid_request: bytes, data: st.DataObject) -> None:
+    position = data.draw(st.integers(0, len(valid_request) - 1))
+    replacement = data.draw(st.binary(min_size=0, max_size=4))
+    mutated = valid_request[:position] + replacement + valid_request[position + 1 :]
+    status, reply, content_type = server.handle(mutated, path_label=None, peer=None)
+    if status == 200:
+        assert content_type == CONTENT_TYPE
+        message = codec.decode_message(reply)
+        assert message.body_type == "error"
+    else:
+        assert 400 <= status < 500 and content_type.startswith("text/plain")
+
+
+def test_reply_signature_certificate_is_the_issuing_ca(world: World, server: CmpServer) -> None:
+    _, request = cert_request(MacCredential("mac-nobody", b"x"), new_key())
+    reply = answer(server, request)
+    first = x509.load_der_x509_certificate(reply.extra_certs_der[0])
+    assert first == world.instance.cas.authority().certificate
+    assert reply.header.sender_kid == first.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert first.public_bytes(serialization.Encoding.DER) == reply.extra_certs_der[0]
