@@ -191,3 +191,19 @@ def test_untrusted_vendor_root_is_refused_with_signerNotTrusted(served: Server, 
               "-subject", "/CN=ENB-FAKE-1", "-trusted", served.inst.root_pem, "-certout", workdir / "f.pem",
               check=False)
     assert "signerNotTrusted" in out
+
+
+def test_pinned_cmp_protection_certificate(served: Server, vendor: Path, workdir: Path) -> None:  # noqa: F811
+    """RFC 9483 §3.2: replies are signed by a dedicated CMP protection certificate
+    (digitalSignature, id-kp-cmcRA), which a client may pin with -srvcert."""
+    register(served, workdir, "ENB-PIN-1", vendor="acme")
+    ref, secret = mac_credential(served, "ENB-PIN-1")
+    mac_ir(served, workdir, "ENB-PIN-1", ref, secret)  # makes sure the certificate exists
+    (pinned,) = sorted(served.inst.home.glob("cmp-protection-*.pem"))
+    text = run(["openssl", "x509", "-in", pinned, "-noout", "-ext", "keyUsage,extendedKeyUsage"]).stdout
+    assert "Digital Signature" in text and "CMC Registration Authority" in text, text
+    device_cert, device_key = idevid(vendor, workdir, "ENB-PIN-1")
+    cert = workdir / "pinned.pem"
+    cmp(served, "ir", "-cert", device_cert, "-key", device_key, "-newkey", new_key(workdir / "pinned.key"),
+        "-subject", "/CN=ENB-PIN-1", "-srvcert", pinned, "-certout", cert)
+    verify(served, cert)

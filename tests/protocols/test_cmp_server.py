@@ -175,7 +175,8 @@ def test_vendor_signed_ir_gets_signed_ip_with_the_root_in_capubs(world: World, s
     reply = answer(server, request)
     signer = verify_signature_protection(reply)
     issuing = world.instance.cas.authority()
-    assert signer == issuing.certificate
+    signer.verify_directly_issued_by(issuing.certificate)  # the CMP protection certificate
+    assert signer.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
     certificate = issued_certificate(reply)
     ca_pubs = [x509.load_der_x509_certificate(bytes(c)) for c in reply.body["caPubs"]]
     assert ca_pubs == [issuing.chain[-1]]

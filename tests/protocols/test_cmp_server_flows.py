@@ -153,10 +153,17 @@ def test_mutated_requests_get_a_cmp_error_or_a_4xx(server: CmpServer, valid_requ
         assert 400 <= status < 500 and content_type.startswith("text/plain")
 
 
-def test_reply_signature_certificate_is_the_issuing_ca(world: World, server: CmpServer) -> None:
+def test_signed_replies_carry_the_cmp_protection_certificate_and_its_chain(world: World, server: CmpServer) -> None:
     _, request = cert_request(MacCredential("mac-nobody", b"x"), new_key())
     reply = answer(server, request)
     first = x509.load_der_x509_certificate(reply.extra_certs_der[0])
-    assert first == world.instance.cas.authority().certificate
+    issuing = world.instance.cas.authority()
+    first.verify_directly_issued_by(issuing.certificate)
+    eku = first.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")]  # id-kp-cmcRA
+    assert reply.extra_certs[1:] == issuing.chain
+    # made once: another server object (worker) uses the same certificate
+    again = answer(cmp_server_for(world.instance), cert_request(MacCredential("mac-nobody", b"x"), new_key())[1])
+    assert again.extra_certs_der[0] == reply.extra_certs_der[0]
     assert reply.header.sender_kid == first.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     assert first.public_bytes(serialization.Encoding.DER) == reply.extra_certs_der[0]
