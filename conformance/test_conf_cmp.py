@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftools import Server, run, ztpki
-from conftools import served, workdir  # noqa: F401  (fixtures)
+from conftools import Server, init_instance, run, ztpki
+from conftools import pg_cluster, pg_database_url, served, workdir  # noqa: F401  (fixtures)
 
 CMP_PATH = ".well-known/cmp"
 
@@ -207,3 +207,23 @@ def test_pinned_cmp_protection_certificate(served: Server, vendor: Path, workdir
     cmp(served, "ir", "-cert", device_cert, "-key", device_key, "-newkey", new_key(workdir / "pinned.key"),
         "-subject", "/CN=ENB-PIN-1", "-srvcert", pinned, "-certout", cert)
     verify(served, cert)
+
+
+@pytest.mark.postgres
+def test_enrolments_on_postgresql_with_several_workers(pg_database_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """ir and certConf arrive on separate connections, so on any of the
+    workers: the transaction lives in PostgreSQL, not in a worker."""
+    inst = init_instance(tmp_path / "home", "--database", pg_database_url)
+    server = Server(inst, tmp_path / "serve.log")
+    if not server.start():
+        pytest.skip("the port was taken before ztpki serve bound it")
+    try:
+        for number in range(6):
+            serial = f"ENB-PG-{number}"
+            register(server, tmp_path, serial)
+            ref, secret = mac_credential(server, serial)
+            out, _, cert = mac_ir(server, tmp_path, serial, ref, secret)
+            assert "received PKICONF" in out
+            verify(server, cert)
+    finally:
+        assert server.stop() == 0, server.log()

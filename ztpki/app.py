@@ -8,6 +8,7 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -217,5 +218,5 @@ class _LazyTransactions:
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.instance.cmp_transactions, name)
