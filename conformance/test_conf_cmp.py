@@ -193,6 +193,38 @@ def test_untrusted_vendor_root_is_refused_with_signerNotTrusted(served: Server, 
     assert "signerNotTrusted" in out
 
 
+def test_replayed_request_is_refused_with_badSenderNonce(served: Server, workdir: Path) -> None:  # noqa: F811
+    register(served, workdir, "ENB-REPLAY-1")
+    ref, secret = mac_credential(served, "ENB-REPLAY-1")
+    saved = workdir / "ir.der"
+    _, _, first = mac_ir(served, workdir, "ENB-REPLAY-1", ref, secret, "-reqout", f"{saved},{workdir / 'certconf.der'}")
+    first.unlink()
+    # -reqin sends the saved ir again, byte for byte
+    out, _, cert = mac_ir(served, workdir, "ENB-REPLAY-1", ref, secret, "-reqin", saved, check=False)
+    assert "badSenderNonce" in out
+    assert not cert.exists()
+
+
+def test_template_outside_policy_is_refused_with_badCertTemplate(served: Server, workdir: Path) -> None:  # noqa: F811
+    register(served, workdir, "ENB-WEAK-1")
+    ref, secret = mac_credential(served, "ENB-WEAK-1")
+    weak = workdir / "weak.key"
+    run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", weak])
+    out = cmp(served, "ir", "-ref", ref, "-secret", f"pass:{secret}", "-newkey", weak, "-subject", "/CN=ENB-WEAK-1",
+              "-recipient", "/CN=ztpki", "-certout", workdir / "weak.pem", check=False)
+    assert "badCertTemplate" in out
+
+
+def test_blocked_device_is_refused_with_notAuthorized(served: Server, vendor: Path, workdir: Path) -> None:  # noqa: F811
+    register(served, workdir, "ENB-BLOCKED-1", vendor="acme")
+    ztpki("devices", "block", "ENB-BLOCKED-1", home=served.inst.home)
+    device_cert, device_key = idevid(vendor, workdir, "ENB-BLOCKED-1")
+    out = cmp(served, "ir", "-cert", device_cert, "-key", device_key, "-newkey", new_key(workdir / "b.key"),
+              "-subject", "/CN=ENB-BLOCKED-1", "-trusted", served.inst.root_pem, "-certout", workdir / "b.pem",
+              check=False)
+    assert "notAuthorized" in out
+
+
 def test_pinned_cmp_protection_certificate(served: Server, vendor: Path, workdir: Path) -> None:  # noqa: F811
     """RFC 9483 §3.2: replies are signed by a dedicated CMP protection certificate
     (digitalSignature, id-kp-cmcRA), which a client may pin with -srvcert."""
