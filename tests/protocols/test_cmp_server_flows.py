@@ -167,3 +167,55 @@ def test_signed_replies_carry_the_cmp_protection_certificate_and_its_chain(world
     assert again.extra_certs_der[0] == reply.extra_certs_der[0]
     assert reply.header.sender_kid == first.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     assert first.public_bytes(serialization.Encoding.DER) == reply.extra_certs_der[0]
+
+
+def test_pbmac1_protected_ir_gets_a_pbmac1_reply(world: World, server: CmpServer) -> None:
+    from protocols.cmp import macs
+    from protocols.cmp.protection import protect_with_mac, verify_mac_protection
+
+    mac = mac_for(world)
+    key = new_key()
+    tid, request = cert_request(mac, key)
+    # re-protect the same body with PBMAC1 (RFC 9481 §6.1.2)
+    message = codec.decode_message(request)
+    header = dataclasses.replace(message.header, sender_nonce=os.urandom(16))
+    request = protect_with_mac(header, message.body_der, mac.secret, macs.new_pbmac1(iterations=1000))
+    reply = answer(server, request)
+    assert verify_mac_protection(reply, mac.secret).algorithm_id().oid == macs.ID_PBMAC1
+    issued_certificate(reply)
+
+
+def test_cmp2021_certconf_with_hashalg(world: World, server: CmpServer) -> None:
+    from cryptography.hazmat.primitives import hashes
+
+    mac = mac_for(world)
+    tid, request = cert_request(mac, new_key())
+    certificate = issued_certificate(answer(server, request))
+    digest = hashes.Hash(hashes.SHA384())
+    digest.update(certificate)
+    sha384 = der.wrap(der.TAG_SEQUENCE, der.encode_oid("2.16.840.1.101.3.4.2.2"))
+    status = der.wrap(der.TAG_OCTET_STRING, digest.finalize()) + der.encode_integer(0) + der.wrap(0xA0, sha384)
+    body = der.wrap(0xA0 | 24, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, status)))
+    header = dataclasses.replace(_header(mac, tid), pvno=3)
+    confirmed = answer(server, protect(mac, header, body))
+    assert confirmed.body_type == "pkiconf" and confirmed.header.pvno == 3
+
+
+def test_certificate_never_confirmed_is_revoked(world: World, server: CmpServer) -> None:
+    from sqlalchemy import update
+
+    from ra.schema import cmp_transactions
+
+    mac = mac_for(world)
+    tid, request = cert_request(mac, new_key())
+    certificate = issued_certificate(answer(server, request))
+    serial = x509.load_der_x509_certificate(certificate).serial_number
+    with world.instance.engine.begin() as conn:
+        conn.execute(
+            update(cmp_transactions)
+            .where(cmp_transactions.c.transaction_id == tid.hex())
+            .values(expires_at=cmp_transactions.c.created_at)
+        )
+    assert world.instance.cmp_transactions.expire_unconfirmed() >= 1
+    assert world.instance.store.certificate(serial).status == "revoked"
+    assert refusal(answer(server, cert_conf(mac, tid, certificate))).fail_info == {FailInfo.BAD_REQUEST}
