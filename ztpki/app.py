@@ -22,7 +22,7 @@ from hsm import KeyType
 from ca.ocsp import INTERNAL_ERROR, MALFORMED
 from ca.store import NotFound, StoreError
 from protocols.cmp import http as cmp_http
-from protocols.cmp.server import CmpServer, Route, ServerIdentity
+from protocols.cmp.server import CmpServer, RefusalRecord, Route, ServerIdentity
 from protocols.pki_http import PkiPublication, make_blueprint
 from vendor_trust.credentials import BadCredential
 from ztpki.assembly import Instance
@@ -97,6 +97,19 @@ def cmp_server_for(instance: Instance) -> CmpServer:
         identity=identity,
         ca_certificates=ca_certificates,
         route=route_of,
+        audit=lambda record: _audit_refusal(instance, record),
+    )
+
+
+def _audit_refusal(instance: Instance, record: RefusalRecord) -> None:
+    instance.audit.append(
+        actor="anonymous",
+        protocol="cmp",
+        operation=record.body_type,
+        evidence=[record.sender] if record.sender else [],
+        outcome="rejected",
+        reason=record.fail_info,
+        details={"text": record.text, "transaction": record.transaction_id, "peer": record.peer},
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from pyasn1_alt_modules import rfc9480
 
 from protocols.cmp import bodies, codec, der, messages, readers
 from protocols.cmp.bodies import CertResponse, FailInfo, PkiStatus, PollResponse, StatusInfo
@@ -140,6 +141,18 @@ class Route:
     profile: str | None = None
 
 
+@dataclass(frozen=True)
+class RefusalRecord:
+    """A refusal decided here, before or outside the core (which audits its own)."""
+
+    body_type: str
+    fail_info: str
+    text: str
+    peer: str | None
+    transaction_id: str | None
+    sender: str | None
+
+
 class CmpRefusal(Exception):
     """A request refused at the CMP level; answered with an error message."""
 
@@ -180,6 +193,7 @@ class CmpServer:
         identity: Callable[[Route], ServerIdentity],
         ca_certificates: Callable[[Route], tuple[bytes, ...]],
         route: Callable[[str | None], Route | None] = lambda label: Route(),
+        audit: Callable[[RefusalRecord], None] | None = None,
         policy: CmpPolicy = CmpPolicy(),
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
@@ -193,6 +207,7 @@ class CmpServer:
         self.identity = identity
         self.ca_certificates = ca_certificates
         self.route = route
+        self.audit = audit
         self.policy = policy
         self.clock = clock
         self._last_expiry: datetime | None = None
@@ -209,6 +224,10 @@ class CmpServer:
             message = codec.decode_message(body)
         except codec.CmpDecodeError as exc:
             log.info("CMP: undecodable request from %s: %s", peer, exc.reason)
+            self._record(RefusalRecord(
+                "undecodable", fail_info_name(FailInfo.BAD_DATA_FORMAT), exc.reason, peer,
+                exc.transaction_id.hex() if exc.transaction_id else None, None,
+            ))
             return self._decode_error(exc, route)
         except Exception:
             log.exception("CMP: decoding failed unexpectedly")
@@ -220,10 +239,23 @@ class CmpServer:
             return self._ok(self._dispatch(exchange))
         except CmpRefusal as refusal:
             log.info("CMP %s from %s refused: %s", message.body_type, peer, refusal.text)
+            self._record(RefusalRecord(
+                message.body_type, fail_info_name(refusal.fail_info), refusal.text, peer,
+                exchange.transaction_id.hex() or None, exchange.sender or None,
+            ))
             return self._ok(self._error(exchange, refusal.fail_info, refusal.text))
         except Exception:
             log.exception("CMP %s from %s: unexpected failure", message.body_type, peer)
             return self._ok(self._error(exchange, FailInfo.SYSTEM_FAILURE, "internal error"))
+
+    def _record(self, record: RefusalRecord) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit(record)
+        except Exception:
+            # The refusal still goes out; the missing record is in the log.
+            log.exception("CMP: could not audit a refusal")
 
     @staticmethod
     def _ok(reply: bytes) -> tuple[int, bytes, str]:
@@ -507,6 +539,11 @@ class CmpServer:
         )
         reply = protect_with_signature(header, codec.encode_body("error", body), identity.signer, identity.chain)
         return self._ok(reply)
+
+
+def fail_info_name(bit: FailInfo) -> str:
+    """The ASN.1 name of a PKIFailureInfo bit (RFC 4210 §5.2.3), e.g. badMessageCheck."""
+    return str(rfc9480.PKIFailureInfo.namedValues.getName(int(bit)))
 
 
 def _cert_hash(certificate_der: bytes, hash_oid: str | None) -> bytes | None:

@@ -283,3 +283,11 @@ def test_unknown_path_label_is_a_404(server: CmpServer, mac: MacCredential) -> N
     _, request = cert_request(mac, new_key())
     status, _, _ = server.handle(request, path_label="nonesuch", peer=None)
     assert status == 404
+
+
+def test_cmp_level_refusals_leave_an_audit_record(world: World, server: CmpServer, mac: MacCredential) -> None:
+    before = world.instance.audit.count()
+    _, request = cert_request(replace(mac, secret=b"wrong"), new_key())
+    answer(server, request)
+    records = list(world.instance.audit.records(after_seq=0))[before:]
+    assert [(r.protocol, r.outcome, r.reason) for r in records] == [("cmp", "rejected", "badMessageCheck")]
