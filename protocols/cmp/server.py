@@ -59,6 +59,8 @@ log = logging.getLogger("ztpki.cmp")
 CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
 
 ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"  # RFC 9480 §4.3 / RFC 9483 §4.3.1
+ID_IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"  # RFC 9483 §4.3.2
+ID_IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"  # RFC 9483 §4.3.3
 
 _REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
 _OPERATION = {"ir": Operation.INITIAL, "cr": Operation.INITIAL, "p10cr": Operation.INITIAL, "kur": Operation.REKEY}
@@ -493,8 +495,12 @@ class CmpServer:
             if info.info_type == ID_IT_CA_CERTS:
                 certs = self.ca_certificates(exchange.route)
                 answers.append(InfoTypeAndValue(ID_IT_CA_CERTS, der.wrap(der.TAG_SEQUENCE, b"".join(certs))))
+            elif info.info_type in (ID_IT_ROOT_CA_KEY_UPDATE, ID_IT_CERT_REQ_TEMPLATE):
+                # RFC 9483 §4.3.2 / §4.3.3: infoValue absent means no root
+                # key update is known / no template is required.
+                answers.append(InfoTypeAndValue(info.info_type))
         if not answers:
-            raise CmpRefusal(FailInfo.BAD_REQUEST, "no supported infoType in genm (caCerts is, RFC 9483 §4.3.1)")
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "no supported infoType in genm (RFC 9483 §4.3.1–§4.3.3 are)")
         return self._reply(exchange, "genp", bodies.genp_body(answers))
 
     # -- replies ---------------------------------------------------------------------------------

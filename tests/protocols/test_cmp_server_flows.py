@@ -219,3 +219,29 @@ def test_certificate_never_confirmed_is_revoked(world: World, server: CmpServer)
     assert world.instance.cmp_transactions.expire_unconfirmed() >= 1
     assert world.instance.store.certificate(serial).status == "revoked"
     assert refusal(answer(server, cert_conf(mac, tid, certificate))).fail_info == {FailInfo.BAD_REQUEST}
+
+
+@pytest.mark.parametrize("info_type", ["1.3.6.1.5.5.7.4.18", "1.3.6.1.5.5.7.4.19"])
+def test_genm_root_key_update_and_template_answer_without_value(world: World, server: CmpServer, info_type: str) -> None:
+    mac = mac_for(world)
+    body = der.wrap(0xA0 | 21, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, der.encode_oid(info_type))))
+    reply = answer(server, protect(mac, _header(mac, os.urandom(16)), body))
+    assert reply.body_type == "genp"
+    assert str(reply.body[0]["infoType"]) == info_type and not reply.body[0]["infoValue"].isValue
+
+
+def test_genm_with_only_unknown_info_types_is_refused(world: World, server: CmpServer) -> None:
+    mac = mac_for(world)
+    body = der.wrap(0xA0 | 21, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, der.encode_oid("1.2.3.4"))))
+    reply = answer(server, protect(mac, _header(mac, os.urandom(16)), body))
+    assert refusal(reply).fail_info == {FailInfo.BAD_REQUEST}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=600))
+def test_random_bytes_get_a_cmp_error_or_a_4xx(server: CmpServer, body: bytes) -> None:
+    status, reply, content_type = server.handle(body, path_label=None, peer=None)
+    if status == 200:
+        assert codec.decode_message(reply).body_type == "error"
+    else:
+        assert 400 <= status < 500 and content_type.startswith("text/plain")
