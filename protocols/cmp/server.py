@@ -357,6 +357,12 @@ class CmpServer:
         except messages.CertRequestError as exc:
             self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
             raise CmpRefusal(exc.fail_info, str(exc)) from None
+        if message.body_type == "kur":
+            try:
+                _check_old_cert_id(fields.controls, exchange.evidence)
+            except CmpRefusal:
+                self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
+                raise
         request = EnrolmentRequest(
             protocol=RequestProtocol.CMP,
             operation=_OPERATION[message.body_type],
@@ -545,6 +551,30 @@ class CmpServer:
         )
         reply = protect_with_signature(header, codec.encode_body("error", body), identity.signer, identity.chain)
         return self._ok(reply)
+
+
+ID_REG_CTRL_OLD_CERT_ID = "1.3.6.1.5.5.7.5.1.5"  # RFC 4211 §6.5
+
+
+def _check_old_cert_id(controls: tuple[InfoTypeAndValue, ...], evidence: tuple[Evidence, ...]) -> None:
+    """RFC 4210 §5.3.5, RFC 9483 §4.1.3: oldCertId, when sent, names the
+    certificate that protects the kur (its serial number; the issuer is the
+    CA's business when it authenticates that certificate)."""
+    current = next((e.certificate for e in evidence if isinstance(e, CurrentCertificate)), None)
+    for control in controls:
+        if control.info_type != ID_REG_CTRL_OLD_CERT_ID or control.value is None or current is None:
+            continue
+        value = control.value
+        try:
+            parts = der.children(value, der.read_tlv(value, 0))
+            serial_part = parts[1] if len(parts) == 2 else None
+            if serial_part is None or serial_part.tag != der.TAG_INTEGER:
+                raise der.DerError("CertId is not issuer and serialNumber")
+            serial = int.from_bytes(serial_part.value(value), "big", signed=True)
+        except der.DerError as exc:
+            raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "oldCertId does not parse: %s" % exc) from None
+        if serial != current.serial_number:
+            raise CmpRefusal(FailInfo.BAD_CERT_ID, "oldCertId names another certificate than the one protecting the kur")
 
 
 def fail_info_name(bit: FailInfo) -> str:

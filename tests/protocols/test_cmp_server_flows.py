@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -245,3 +246,35 @@ def test_random_bytes_get_a_cmp_error_or_a_4xx(server: CmpServer, body: bytes) -
         assert codec.decode_message(reply).body_type == "error"
     else:
         assert 400 <= status < 500 and content_type.startswith("text/plain")
+
+
+def _kur_with_old_cert_id(credential: CertCredential, new: ec.EllipticCurvePrivateKey, serial: int) -> bytes:
+    from cmphelpers import cert_req_body, signature_pop
+
+    from test_cmp_server import KeySigner
+
+    spki = new.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    template = der.wrap(0xA6, der.read_tlv(spki, 0).value(spki))
+    issuer = der.wrap(0xA4, credential.chain[0].issuer.public_bytes())
+    old_cert_id = der.wrap(der.TAG_SEQUENCE, issuer + der.encode_integer(serial))
+    control = der.wrap(der.TAG_SEQUENCE, der.encode_oid("1.3.6.1.5.5.7.5.1.5") + old_cert_id)
+    request = der.wrap(
+        der.TAG_SEQUENCE, der.encode_integer(0) + der.wrap(der.TAG_SEQUENCE, template) + der.wrap(der.TAG_SEQUENCE, control)
+    )
+    body = cert_req_body(7, [request + signature_pop(request, KeySigner(new))])  # type: ignore[arg-type]
+    return protect(credential, _header(credential, os.urandom(16)), body)
+
+
+def test_kur_old_cert_id_must_name_the_protecting_certificate(world: World, server: CmpServer) -> None:
+    serial = world.device()
+    idevid = world.vendor.device(serial)
+    vendor_credential = CertCredential(idevid.key, tuple(world.vendor.chain(idevid)))  # type: ignore[arg-type]
+    key = new_key()
+    _, request = cert_request(vendor_credential, key, implicit=True)
+    current = x509.load_der_x509_certificate(issued_certificate(answer(server, request)))
+    operator = CertCredential(key, (current,))
+    wrong = answer(server, _kur_with_old_cert_id(operator, new_key(), current.serial_number + 1))
+    assert refusal(wrong).fail_info == {FailInfo.BAD_CERT_ID}
+    right = answer(server, _kur_with_old_cert_id(operator, new_key(), current.serial_number))
+    assert right.body_type == "kup"
+    issued_certificate(right)
