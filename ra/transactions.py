@@ -228,5 +228,11 @@ class CmpTransactions:
     def _revoke(self, record: CmpTransaction, reason: str) -> None:
         if self.revoke is None or record.certificate_serial is None:
             return
-        self.revoke(record.certificate_serial, reason, record.ca)
+        try:
+            self.revoke(record.certificate_serial, reason, record.ca)
+        except Exception:
+            # Already revoked (an admin, a blocked device) or the store is
+            # down: the transaction has moved on either way; the log says which.
+            log.exception("CMP transaction %s: revoking %x failed", record.transaction_id, record.certificate_serial)
+            return
         log.info("CMP transaction %s: certificate %x revoked (%s)", record.transaction_id, record.certificate_serial, reason)

@@ -278,3 +278,18 @@ def test_kur_old_cert_id_must_name_the_protecting_certificate(world: World, serv
     right = answer(server, _kur_with_old_cert_id(operator, new_key(), current.serial_number))
     assert right.body_type == "kup"
     issued_certificate(right)
+
+
+def test_two_workers_racing_on_one_certconf_confirm_once(world: World) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    transactions = world.instance.cmp_transactions
+    tid = os.urandom(16)
+    assert transactions.begin(tid, "kid:00", "ir")
+    assert not transactions.begin(tid, "kid:00", "ir")  # transactionIdInUse
+    assert transactions.record_issued(tid, "kid:00", ca=None, certificate=b"c", serial=1, cert_req_id=0,
+                                      implicit_confirm=False)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: transactions.confirm(tid, "kid:00"), range(8)))
+    assert results.count(True) == 1
+    assert not transactions.first_use_of_nonce(b"n" * 16) or not transactions.first_use_of_nonce(b"n" * 16)
