@@ -62,6 +62,9 @@ ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"  # RFC 9480 §4.3 / RFC 9483 §4.3.1
 ID_IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"  # RFC 9483 §4.3.2
 ID_IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"  # RFC 9483 §4.3.3
 
+# RFC 9483 §3.1 asks for 128-bit values; the store keeps up to 64 octets.
+MAX_ID_SIZE = 64
+
 _REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
 _OPERATION = {"ir": Operation.INITIAL, "cr": Operation.INITIAL, "p10cr": Operation.INITIAL, "kur": Operation.REKEY}
 
@@ -277,6 +280,8 @@ class CmpServer:
             raise CmpRefusal(FailInfo.UNSUPPORTED_VERSION, "pvno %d is not supported" % header.pvno)
         if not header.transaction_id or not header.sender_nonce:
             raise CmpRefusal(FailInfo.BAD_REQUEST, "transactionID and senderNonce are required (RFC 9483 §3.1)")
+        if len(header.transaction_id) > MAX_ID_SIZE or len(header.sender_nonce) > MAX_ID_SIZE:
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "transactionID or senderNonce longer than %d octets" % MAX_ID_SIZE)
         if header.message_time is not None:
             skew = abs(header.message_time - self.clock())
             if skew > self.policy.message_time_tolerance:

@@ -291,3 +291,8 @@ def test_cmp_level_refusals_leave_an_audit_record(world: World, server: CmpServe
     answer(server, request)
     records = list(world.instance.audit.records(after_seq=0))[before:]
     assert [(r.protocol, r.outcome, r.reason) for r in records] == [("cmp", "rejected", "badMessageCheck")]
+
+
+def test_overlong_transaction_id_is_refused_with_badRequest(server: CmpServer, mac: MacCredential) -> None:
+    _, request = cert_request(mac, new_key(), transaction_id=os.urandom(65))
+    assert refusal(answer(server, request)).fail_info == {FailInfo.BAD_REQUEST}
