@@ -79,6 +79,12 @@ def cmp_server_for(instance: Instance) -> CmpServer:
             return Route(profile=label)
         return None
 
+    def current_crl(route: Route) -> bytes | None:
+        try:
+            return instance.revocations.current_crl(instance.cas.authority(route.ca).name).der
+        except (UnknownAuthority, NotFound):
+            return None
+
     def mac_secret(reference: str, within_transaction: bool) -> bytes | None:
         try:
             return instance.credentials.mac_secret(reference).secret
@@ -97,6 +103,7 @@ def cmp_server_for(instance: Instance) -> CmpServer:
         identity=identity,
         ca_certificates=ca_certificates,
         route=route_of,
+        current_crl=current_crl,
         audit=lambda record: _audit_refusal(instance, record),
     )
 

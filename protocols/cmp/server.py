@@ -61,6 +61,8 @@ CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
 ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"  # RFC 9480 §4.3 / RFC 9483 §4.3.1
 ID_IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"  # RFC 9483 §4.3.2
 ID_IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"  # RFC 9483 §4.3.3
+ID_IT_CRL_STATUS_LIST = "1.3.6.1.5.5.7.4.22"  # RFC 9480 §2.16, RFC 9483 §4.3.4
+ID_IT_CRLS = "1.3.6.1.5.5.7.4.23"
 
 # RFC 9483 §3.1 asks for 128-bit values; the store keeps up to 64 octets.
 MAX_ID_SIZE = 64
@@ -198,6 +200,7 @@ class CmpServer:
         identity: Callable[[Route], ServerIdentity],
         ca_certificates: Callable[[Route], tuple[bytes, ...]],
         route: Callable[[str | None], Route | None] = lambda label: Route(),
+        current_crl: Callable[[Route], bytes | None] = lambda route: None,
         audit: Callable[[RefusalRecord], None] | None = None,
         policy: CmpPolicy = CmpPolicy(),
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
@@ -212,6 +215,7 @@ class CmpServer:
         self.identity = identity
         self.ca_certificates = ca_certificates
         self.route = route
+        self.current_crl = current_crl
         self.audit = audit
         self.policy = policy
         self.clock = clock
@@ -510,9 +514,23 @@ class CmpServer:
                 # RFC 9483 §4.3.2 / §4.3.3: infoValue absent means no root
                 # key update is known / no template is required.
                 answers.append(InfoTypeAndValue(info.info_type))
+            elif info.info_type == ID_IT_CRL_STATUS_LIST:
+                answers.append(self._crl_update(exchange.route, info.value))
         if not answers:
             raise CmpRefusal(FailInfo.BAD_REQUEST, "no supported infoType in genm (RFC 9483 §4.3.1–§4.3.3 are)")
         return self._reply(exchange, "genp", bodies.genp_body(answers))
+
+    def _crl_update(self, route: Route, value: bytes | None) -> InfoTypeAndValue:
+        """RFC 9483 §4.3.4: the CA's current CRL unless the client's is as new;
+        infoValue absent when there is nothing newer."""
+        held = _crl_status_times(value)
+        crl = self.current_crl(route)
+        if crl is None:
+            return InfoTypeAndValue(ID_IT_CRLS)
+        this_update = x509.load_der_x509_crl(crl).last_update_utc
+        if held and all(moment is not None and moment >= this_update for moment in held):
+            return InfoTypeAndValue(ID_IT_CRLS)
+        return InfoTypeAndValue(ID_IT_CRLS, der.wrap(der.TAG_SEQUENCE, crl))
 
     # -- replies ---------------------------------------------------------------------------------
 
@@ -580,6 +598,25 @@ def _check_old_cert_id(controls: tuple[InfoTypeAndValue, ...], evidence: tuple[E
             raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "oldCertId does not parse: %s" % exc) from None
         if serial != current.serial_number:
             raise CmpRefusal(FailInfo.BAD_CERT_ID, "oldCertId names another certificate than the one protecting the kur")
+
+
+def _crl_status_times(value: bytes | None) -> list[datetime | None]:
+    """thisUpdate of each CRLStatus in a CRLStatusListValue (RFC 9480 §2.16)."""
+    if value is None:
+        raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "crlStatusList without a value")
+    found: list[datetime | None] = []
+    try:
+        for status in der.children(value, der.read_tlv(value, 0)):
+            parts = der.children(value, status)
+            moment = None
+            if len(parts) > 1 and parts[1].tag in (0x17, 0x18):
+                text = parts[1].value(value).decode("ascii")
+                pattern = "%y%m%d%H%M%SZ" if parts[1].tag == 0x17 else "%Y%m%d%H%M%SZ"
+                moment = datetime.strptime(text, pattern).replace(tzinfo=timezone.utc)
+            found.append(moment)
+    except (der.DerError, ValueError, UnicodeDecodeError) as exc:
+        raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "crlStatusList does not parse: %s" % exc) from None
+    return found
 
 
 def fail_info_name(bit: FailInfo) -> str:

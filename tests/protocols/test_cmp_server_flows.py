@@ -293,3 +293,23 @@ def test_two_workers_racing_on_one_certconf_confirm_once(world: World) -> None:
         results = list(pool.map(lambda _: transactions.confirm(tid, "kid:00"), range(8)))
     assert results.count(True) == 1
     assert not transactions.first_use_of_nonce(b"n" * 16) or not transactions.first_use_of_nonce(b"n" * 16)
+
+
+def _crl_genm(mac: MacCredential, this_update: str | None) -> bytes:
+    source = der.wrap(0xA1, der.wrap(0xA4, der.wrap(der.TAG_SEQUENCE, b"")))  # issuer [1] GeneralNames
+    status = source + (der.wrap(0x18, this_update.encode()) if this_update else b"")
+    value = der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, status))
+    info = der.wrap(der.TAG_SEQUENCE, der.encode_oid("1.3.6.1.5.5.7.4.22") + value)
+    body = der.wrap(0xA0 | 21, der.wrap(der.TAG_SEQUENCE, info))
+    return protect(mac, _header(mac, os.urandom(16)), body)
+
+
+def test_genm_crl_status_list_gets_the_current_crl_unless_the_client_has_it(world: World, server: CmpServer) -> None:
+    mac = mac_for(world)
+    reply = answer(server, _crl_genm(mac, "20000101000000Z"))
+    assert reply.body_type == "genp" and str(reply.body[0]["infoType"]) == "1.3.6.1.5.5.7.4.23"
+    crls = bytes(reply.body[0]["infoValue"])
+    crl = x509.load_der_x509_crl(der.children(crls, der.read_tlv(crls, 0))[0].slice(crls))
+    assert crl.issuer == world.instance.cas.authority().certificate.subject
+    current = answer(server, _crl_genm(mac, crl.last_update_utc.strftime("%Y%m%d%H%M%SZ")))
+    assert not current.body[0]["infoValue"].isValue
