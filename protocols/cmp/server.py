@@ -19,25 +19,26 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from pyasn1_alt_modules import rfc9480
+from cryptography.hazmat.primitives import serialization
 
-from protocols.cmp import bodies, codec, der, messages, readers
+from protocols.cmp import bodies, codec, messages, readers
 from protocols.cmp.bodies import CertResponse, FailInfo, PkiStatus, PollResponse, StatusInfo
-from protocols.cmp.header import NULL_DN_GENERAL_NAME, InfoTypeAndValue, PkiHeader, reply_header, reply_header_for
+from protocols.cmp.certchecks import cert_hash, check_old_cert_id
+from protocols.cmp.context import CmpPolicy, Route, ServerIdentity, Transactions
+from protocols.cmp.general import ID_IT_CA_CERTS, general_answers
+from protocols.cmp.header import NULL_DN_GENERAL_NAME, PkiHeader, reply_header, reply_header_for
 from protocols.cmp.protection import (
     MacAlgorithm,
     ProtectionError,
-    Signer,
     is_mac_protected,
     protect_with_mac,
     protect_with_signature,
     verify_mac_protection,
     verify_signature_protection,
 )
+from protocols.cmp.refusals import FAIL_INFO_OF_REASON, CmpRefusal, RefusalRecord, fail_info_name
 from ra.requests import (
     CurrentCertificate,
     Decision,
@@ -54,120 +55,20 @@ from ra.requests import (
 )
 from ra.requests import Protocol as RequestProtocol
 
+__all__ = [
+    "CONTENT_TYPE", "ID_IT_CA_CERTS", "CmpPolicy", "CmpRefusal", "CmpServer", "RefusalRecord", "Route",
+    "ServerIdentity", "Transactions",
+]
+
 log = logging.getLogger("ztpki.cmp")
 
 CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
-
-ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"  # RFC 9480 §4.3 / RFC 9483 §4.3.1
-ID_IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"  # RFC 9483 §4.3.2
-ID_IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"  # RFC 9483 §4.3.3
-ID_IT_CRL_STATUS_LIST = "1.3.6.1.5.5.7.4.22"  # RFC 9480 §2.16, RFC 9483 §4.3.4
-ID_IT_CRLS = "1.3.6.1.5.5.7.4.23"
 
 # RFC 9483 §3.1 asks for 128-bit values; the store keeps up to 64 octets.
 MAX_ID_SIZE = 64
 
 _REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
 _OPERATION = {"ir": Operation.INITIAL, "cr": Operation.INITIAL, "p10cr": Operation.INITIAL, "kur": Operation.REKEY}
-
-# RejectReason → PKIFailureInfo (RFC 4210 §5.2.3, RFC 9483 §3.6.4): the one
-# place the core's refusals become CMP codes.
-FAIL_INFO_OF_REASON = {
-    RejectReason.NOT_AUTHORIZED: FailInfo.NOT_AUTHORIZED,
-    RejectReason.BAD_POP: FailInfo.BAD_POP,
-    RejectReason.BAD_REQUEST: FailInfo.BAD_REQUEST,
-    RejectReason.UNKNOWN_DEVICE: FailInfo.NOT_AUTHORIZED,
-    RejectReason.DEVICE_BLOCKED: FailInfo.NOT_AUTHORIZED,
-    RejectReason.POLICY_VIOLATION: FailInfo.BAD_CERT_TEMPLATE,
-    RejectReason.BAD_CREDENTIAL: FailInfo.BAD_MESSAGE_CHECK,
-    RejectReason.UNTRUSTED_CERTIFICATE: FailInfo.SIGNER_NOT_TRUSTED,
-    RejectReason.CERTIFICATE_REVOKED: FailInfo.CERT_REVOKED,
-    RejectReason.CERTIFICATE_EXPIRED: FailInfo.SIGNER_NOT_TRUSTED,
-    RejectReason.TRANSACTION_IN_USE: FailInfo.TRANSACTION_ID_IN_USE,
-    RejectReason.REQUEST_REJECTED: FailInfo.NOT_AUTHORIZED,
-    RejectReason.SYSTEM_UNAVAILABLE: FailInfo.SYSTEM_UNAVAIL,
-}
-
-# certHash algorithms (RFC 9480 §2.10 hashAlg; RFC 9481 §2).
-_HASH_OIDS: dict[str, type[hashes.HashAlgorithm]] = {
-    "2.16.840.1.101.3.4.2.1": hashes.SHA256,
-    "2.16.840.1.101.3.4.2.2": hashes.SHA384,
-    "2.16.840.1.101.3.4.2.3": hashes.SHA512,
-}
-
-
-class Transactions(Protocol):
-    """What the server needs of ra.transactions.CmpTransactions."""
-
-    def first_use_of_nonce(self, nonce: bytes) -> bool: ...
-    def begin(self, transaction_id: bytes, sender: str, body_type: str) -> bool: ...
-    def get(self, transaction_id: bytes, sender: str) -> Any: ...
-    def record_issued(self, transaction_id: bytes, sender: str, *, ca: str | None, certificate: bytes,
-                      serial: int, cert_req_id: int, implicit_confirm: bool) -> bool: ...
-    def record_pending(self, transaction_id: bytes, sender: str, request_id: str, cert_req_id: int) -> bool: ...
-    def record_rejected(self, transaction_id: bytes, sender: str) -> bool: ...
-    def record_done(self, transaction_id: bytes, sender: str) -> bool: ...
-    def confirm(self, transaction_id: bytes, sender: str) -> bool: ...
-    def reject_confirmation(self, transaction_id: bytes, sender: str) -> bool: ...
-    def expire_unconfirmed(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class ServerIdentity:
-    """The key that signs replies and its certificates (RFC 9483 §3.2, §3.3)."""
-
-    signer: Signer
-    certificate: x509.Certificate
-    chain: tuple[bytes, ...]  # DER: the protection certificate first, then its chain
-
-    @property
-    def sender(self) -> bytes:
-        # GeneralName directoryName [4] (RFC 5280 §4.2.1.6), explicit: Name is a CHOICE.
-        return der.wrap(0xA4, self.certificate.subject.public_bytes())
-
-    @property
-    def key_id(self) -> bytes:
-        try:
-            return self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-        except x509.ExtensionNotFound:
-            return x509.SubjectKeyIdentifier.from_public_key(self.certificate.public_key()).digest
-
-
-@dataclass(frozen=True)
-class CmpPolicy:
-    message_time_tolerance: timedelta = timedelta(minutes=10)  # RFC 9483 §3.1 messageTime
-    allow_implicit_confirm: bool = True  # RFC 4210 §5.1.1.1
-    allow_unprotected_genm: bool = True  # caCerts are public (RFC 9483 §4.3.1)
-
-
-@dataclass(frozen=True)
-class Route:
-    """What a path label selects: an issuing CA and/or a profile (RFC 9483 §6.1)."""
-
-    ca: str | None = None
-    profile: str | None = None
-
-
-@dataclass(frozen=True)
-class RefusalRecord:
-    """A refusal decided here, before or outside the core (which audits its own)."""
-
-    body_type: str
-    fail_info: str
-    text: str
-    peer: str | None
-    transaction_id: str | None
-    sender: str | None
-
-
-class CmpRefusal(Exception):
-    """A request refused at the CMP level; answered with an error message."""
-
-    def __init__(self, fail_info: FailInfo, text: str) -> None:
-        super().__init__(text)
-        self.fail_info = fail_info
-        self.text = text
-
 
 @dataclass
 class _Exchange:
@@ -368,7 +269,7 @@ class CmpServer:
             raise CmpRefusal(exc.fail_info, str(exc)) from None
         if message.body_type == "kur":
             try:
-                _check_old_cert_id(fields.controls, exchange.evidence)
+                check_old_cert_id(fields.controls, exchange.evidence)
             except CmpRefusal:
                 self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
                 raise
@@ -442,7 +343,7 @@ class CmpServer:
         confirmation = confirmations[0]
         if len(confirmations) != 1 or confirmation.cert_req_id != record.cert_req_id:
             raise CmpRefusal(FailInfo.BAD_REQUEST, "certConf names another certReqId")
-        expected = _cert_hash(record.certificate, confirmation.hash_alg.oid if confirmation.hash_alg else None)
+        expected = cert_hash(record.certificate, confirmation.hash_alg.oid if confirmation.hash_alg else None)
         if expected is None or expected != confirmation.cert_hash:
             raise CmpRefusal(FailInfo.BAD_CERT_ID, "certHash does not match the issued certificate")
         if not self.transactions.confirm(tid, sender):
@@ -505,32 +406,11 @@ class CmpServer:
             infos = readers.general_messages(exchange.message)
         except readers.BodyError as exc:
             raise CmpRefusal(exc.fail_info, str(exc)) from None
-        answers = []
-        for info in infos:
-            if info.info_type == ID_IT_CA_CERTS:
-                certs = self.ca_certificates(exchange.route)
-                answers.append(InfoTypeAndValue(ID_IT_CA_CERTS, der.wrap(der.TAG_SEQUENCE, b"".join(certs))))
-            elif info.info_type in (ID_IT_ROOT_CA_KEY_UPDATE, ID_IT_CERT_REQ_TEMPLATE):
-                # RFC 9483 §4.3.2 / §4.3.3: infoValue absent means no root
-                # key update is known / no template is required.
-                answers.append(InfoTypeAndValue(info.info_type))
-            elif info.info_type == ID_IT_CRL_STATUS_LIST:
-                answers.append(self._crl_update(exchange.route, info.value))
+        route = exchange.route
+        answers = general_answers(infos, lambda: self.ca_certificates(route), lambda: self.current_crl(route))
         if not answers:
-            raise CmpRefusal(FailInfo.BAD_REQUEST, "no supported infoType in genm (RFC 9483 §4.3.1–§4.3.3 are)")
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "no supported infoType in genm (RFC 9483 §4.3.1–§4.3.4 are)")
         return self._reply(exchange, "genp", bodies.genp_body(answers))
-
-    def _crl_update(self, route: Route, value: bytes | None) -> InfoTypeAndValue:
-        """RFC 9483 §4.3.4: the CA's current CRL unless the client's is as new;
-        infoValue absent when there is nothing newer."""
-        held = _crl_status_times(value)
-        crl = self.current_crl(route)
-        if crl is None:
-            return InfoTypeAndValue(ID_IT_CRLS)
-        this_update = x509.load_der_x509_crl(crl).last_update_utc
-        if held and all(moment is not None and moment >= this_update for moment in held):
-            return InfoTypeAndValue(ID_IT_CRLS)
-        return InfoTypeAndValue(ID_IT_CRLS, der.wrap(der.TAG_SEQUENCE, crl))
 
     # -- replies ---------------------------------------------------------------------------------
 
@@ -574,67 +454,3 @@ class CmpServer:
         )
         reply = protect_with_signature(header, codec.encode_body("error", body), identity.signer, identity.chain)
         return self._ok(reply)
-
-
-ID_REG_CTRL_OLD_CERT_ID = "1.3.6.1.5.5.7.5.1.5"  # RFC 4211 §6.5
-
-
-def _check_old_cert_id(controls: tuple[InfoTypeAndValue, ...], evidence: tuple[Evidence, ...]) -> None:
-    """RFC 4210 §5.3.5, RFC 9483 §4.1.3: oldCertId, when sent, names the
-    certificate that protects the kur (its serial number; the issuer is the
-    CA's business when it authenticates that certificate)."""
-    current = next((e.certificate for e in evidence if isinstance(e, CurrentCertificate)), None)
-    for control in controls:
-        if control.info_type != ID_REG_CTRL_OLD_CERT_ID or control.value is None or current is None:
-            continue
-        value = control.value
-        try:
-            parts = der.children(value, der.read_tlv(value, 0))
-            serial_part = parts[1] if len(parts) == 2 else None
-            if serial_part is None or serial_part.tag != der.TAG_INTEGER:
-                raise der.DerError("CertId is not issuer and serialNumber")
-            serial = int.from_bytes(serial_part.value(value), "big", signed=True)
-        except der.DerError as exc:
-            raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "oldCertId does not parse: %s" % exc) from None
-        if serial != current.serial_number:
-            raise CmpRefusal(FailInfo.BAD_CERT_ID, "oldCertId names another certificate than the one protecting the kur")
-
-
-def _crl_status_times(value: bytes | None) -> list[datetime | None]:
-    """thisUpdate of each CRLStatus in a CRLStatusListValue (RFC 9480 §2.16)."""
-    if value is None:
-        raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "crlStatusList without a value")
-    found: list[datetime | None] = []
-    try:
-        for status in der.children(value, der.read_tlv(value, 0)):
-            parts = der.children(value, status)
-            moment = None
-            if len(parts) > 1 and parts[1].tag in (0x17, 0x18):
-                text = parts[1].value(value).decode("ascii")
-                pattern = "%y%m%d%H%M%SZ" if parts[1].tag == 0x17 else "%Y%m%d%H%M%SZ"
-                moment = datetime.strptime(text, pattern).replace(tzinfo=timezone.utc)
-            found.append(moment)
-    except (der.DerError, ValueError, UnicodeDecodeError) as exc:
-        raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "crlStatusList does not parse: %s" % exc) from None
-    return found
-
-
-def fail_info_name(bit: FailInfo) -> str:
-    """The ASN.1 name of a PKIFailureInfo bit (RFC 4210 §5.2.3), e.g. badMessageCheck."""
-    return str(rfc9480.PKIFailureInfo.namedValues.getName(int(bit)))
-
-
-def _cert_hash(certificate_der: bytes, hash_oid: str | None) -> bytes | None:
-    """certHash (RFC 4210 §5.3.18; RFC 9480 §2.10): hashAlg if given, else the
-    hash of the certificate's signature algorithm (SHA-512 for Ed25519)."""
-    if hash_oid is not None:
-        algorithm = _HASH_OIDS.get(hash_oid)
-        if algorithm is None:
-            return None
-        chosen: hashes.HashAlgorithm = algorithm()
-    else:
-        certificate = x509.load_der_x509_certificate(certificate_der)
-        chosen = certificate.signature_hash_algorithm or hashes.SHA512()
-    digest = hashes.Hash(chosen)
-    digest.update(certificate_der)
-    return digest.finalize()

@@ -1,0 +1,66 @@
+"""What the composition root hands the CMP server: the transaction store it
+talks to, the identity that signs replies, the route a path label selects,
+and the server's policy (RFC 9483 §3, §6.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from protocols.cmp import der
+from protocols.cmp.protection import Signer
+
+
+class Transactions(Protocol):
+    """What the server needs of ra.transactions.CmpTransactions."""
+
+    def first_use_of_nonce(self, nonce: bytes) -> bool: ...
+    def begin(self, transaction_id: bytes, sender: str, body_type: str) -> bool: ...
+    def get(self, transaction_id: bytes, sender: str) -> Any: ...
+    def record_issued(self, transaction_id: bytes, sender: str, *, ca: str | None, certificate: bytes,
+                      serial: int, cert_req_id: int, implicit_confirm: bool) -> bool: ...
+    def record_pending(self, transaction_id: bytes, sender: str, request_id: str, cert_req_id: int) -> bool: ...
+    def record_rejected(self, transaction_id: bytes, sender: str) -> bool: ...
+    def record_done(self, transaction_id: bytes, sender: str) -> bool: ...
+    def confirm(self, transaction_id: bytes, sender: str) -> bool: ...
+    def reject_confirmation(self, transaction_id: bytes, sender: str) -> bool: ...
+    def expire_unconfirmed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """The key that signs replies and its certificates (RFC 9483 §3.2, §3.3)."""
+
+    signer: Signer
+    certificate: x509.Certificate
+    chain: tuple[bytes, ...]  # DER: the protection certificate first, then its chain
+
+    @property
+    def sender(self) -> bytes:
+        # GeneralName directoryName [4] (RFC 5280 §4.2.1.6), explicit: Name is a CHOICE.
+        return der.wrap(0xA4, self.certificate.subject.public_bytes())
+
+    @property
+    def key_id(self) -> bytes:
+        try:
+            return self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            return x509.SubjectKeyIdentifier.from_public_key(self.certificate.public_key()).digest
+
+
+@dataclass(frozen=True)
+class CmpPolicy:
+    message_time_tolerance: timedelta = timedelta(minutes=10)  # RFC 9483 §3.1 messageTime
+    allow_implicit_confirm: bool = True  # RFC 4210 §5.1.1.1
+    allow_unprotected_genm: bool = True  # caCerts are public (RFC 9483 §4.3.1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a path label selects: an issuing CA and/or a profile (RFC 9483 §6.1)."""
+
+    ca: str | None = None
+    profile: str | None = None
