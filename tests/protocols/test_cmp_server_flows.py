@@ -139,7 +139,7 @@ def valid_request(world: World) -> bytes:
     return request
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_requests_get_a_cmp_error_or_a_4xx(server: CmpServer, valid_request: bytes, data: st.DataObject) -> None:
     position = data.draw(st.integers(0, len(valid_request) - 1))
@@ -238,7 +238,7 @@ def test_genm_with_only_unknown_info_types_is_refused(world: World, server: CmpS
     assert refusal(reply).fail_info == {FailInfo.BAD_REQUEST}
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=st.binary(max_size=600))
 def test_random_bytes_get_a_cmp_error_or_a_4xx(server: CmpServer, body: bytes) -> None:
     status, reply, content_type = server.handle(body, path_label=None, peer=None)
