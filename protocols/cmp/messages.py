@@ -130,7 +130,9 @@ def _parse_template_parts(
         subject = csr.subject
         extensions = csr.extensions
         public_key = serialization.load_der_public_key(spki_der) if spki_der is not None else None
-    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    # cryptography raises TypeError for a Name attribute whose ASN.1 type does
+    # not fit its OID (a BIT STRING other than x500UniqueIdentifier).
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise CertRequestError("certificate template does not parse: %s" % exc) from None
     if public_key is not None and not isinstance(public_key, _CERTIFIABLE_KEYS):
         raise CertRequestError("template key type cannot be certified")
@@ -279,7 +281,7 @@ def p10_request(message: codec.PkiMessage) -> tuple[CertRequestFields, x509.Cert
         extensions = csr.extensions
         subject = csr.subject
         verified = csr.is_signature_valid
-    except (der.DerError, ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    except (der.DerError, ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise CertRequestError("PKCS #10 request does not parse: %s" % exc) from None
     sans, others = _split_extensions(extensions)
     pop = Pop.VERIFIED if verified else Pop.FAILED

@@ -296,3 +296,16 @@ def test_cmp_level_refusals_leave_an_audit_record(world: World, server: CmpServe
 def test_overlong_transaction_id_is_refused_with_badRequest(server: CmpServer, mac: MacCredential) -> None:
     _, request = cert_request(mac, new_key(), transaction_id=os.urandom(65))
     assert refusal(answer(server, request)).fail_info == {FailInfo.BAD_REQUEST}
+
+
+def test_subject_attribute_of_the_wrong_type_is_refused_with_badCertTemplate(server: CmpServer, mac: MacCredential) -> None:
+    # CN as a BIT STRING: cryptography raises TypeError building the Name.
+    attribute = der.wrap(der.TAG_SEQUENCE, der.encode_oid("2.5.4.3") + bytes.fromhex("03020041"))
+    subject = der.wrap(der.TAG_SEQUENCE, der.wrap(0x31, attribute))
+    key = new_key()
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    template = der.wrap(0xA5, subject) + der.wrap(0xA6, der.read_tlv(spki, 0).value(spki))
+    request = der.wrap(der.TAG_SEQUENCE, der.encode_integer(0) + der.wrap(der.TAG_SEQUENCE, template))
+    body = cert_req_body(0, [request + signature_pop(request, KeySigner(key))])  # type: ignore[arg-type]
+    message = protect(mac, _header(mac, os.urandom(16)), body)
+    assert refusal(answer(server, message)).fail_info == {FailInfo.BAD_CERT_TEMPLATE}
