@@ -19,7 +19,8 @@ from cryptography.exceptions import InvalidSignature
 
 from ca import lint, signing
 from ca.profiles import PolicyViolation, Profile
-from ca.store import AuthorityRecord, Conflict, NotFound, Store
+from ca.db import Conflict, NotFound
+from ca.store import AuthorityRecord, Store
 from ca.template import IssuanceOrder, IssuerFacts, build_template
 from hsm import HsmError, SignAlgorithm, Token
 

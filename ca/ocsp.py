@@ -25,7 +25,8 @@ from cryptography.x509 import ocsp
 from ca import der, signing
 from ca.issuer import CertificateAuthorities
 from ca.revocation import REASONS
-from ca.store import AuthorityRecord, now
+from ca.db import now
+from ca.store import AuthorityRecord
 from hsm import HsmError, SignAlgorithm, default_sign_algorithm
 
 # RFC 6960 §4.2.1: id-pkix-ocsp-basic

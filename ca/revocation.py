@@ -9,7 +9,8 @@ from cryptography import x509
 
 from ca import signing
 from ca.issuer import CertificateAuthorities, IssuanceError, UnknownAuthority
-from ca.store import CertificateRecord, CrlRecord, NotFound, now
+from ca.db import NotFound, now
+from ca.store import CertificateRecord, CrlRecord
 from hsm import HsmError
 
 # RFC 5280 §5.3.1 CRLReason names, as the CLI and the store spell them.

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import Engine, insert, select, update
 
-from ca.store import now, utc
+from ca.db import now, utc
 from ra.schema import audit_head, audit_log
 
 GENESIS_HASH = "0" * 64

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from ca.issuer import CertificateAuthorities
-from ca.store import NotFound
+from ca.db import NotFound
 from ra.requests import (
     CurrentCertificate,
     EnrolmentRequest,

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ca.store import Conflict, NotFound, now, utc
+from ca.db import Conflict, NotFound, now, utc
 from ra.schema import enrolment_requests
 
 PENDING = "pending"

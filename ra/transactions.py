@@ -21,7 +21,7 @@ from typing import Callable
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ca.store import now
+from ca.db import now
 from ra.schema import cmp_nonces, cmp_transactions
 
 log = logging.getLogger("ztpki.ra.transactions")

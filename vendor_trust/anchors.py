@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ca.store import now, utc
+from ca.db import now, utc
 from vendor_trust.identity import DeviceIdentity, read_identity
 from vendor_trust.schema import vendor_anchors, vendor_crls, vendors
 from vendor_trust.trust_crls import ParsedCrl, RevocationChecker, parse_crl, refusal_to_replace, signed_by

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import Engine, false, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ca.store import now, utc
+from ca.db import now, utc
 from vendor_trust.hashing import DEFAULT_COST, ScryptCost, dummy_hash, hash_secret, verify_secret
 from vendor_trust.schema import credentials
 

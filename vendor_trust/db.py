@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from ca.store import run_migrations
+from ca.db import run_migrations
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

@@ -21,7 +21,7 @@ from typing import Any, Literal, NoReturn
 
 from sqlalchemy import Engine, case, insert, select, update
 
-from ca.store import now, utc
+from ca.db import now, utc
 from vendor_trust.hashing import DEFAULT_COST, ScryptCost, dummy_hash, hash_secret, verify_secret
 from vendor_trust.schema import pins
 

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, func, insert, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from ca.store import now, utc
+from ca.db import now, utc
 from vendor_trust.schema import devices
 
 DeviceState = Literal["registered", "active", "blocked"]

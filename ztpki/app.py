@@ -20,7 +20,7 @@ from ca.profiles import Profile
 from ca.template import IssuanceOrder
 from hsm import KeyType
 from ca.ocsp import INTERNAL_ERROR, MALFORMED
-from ca.store import NotFound, StoreError
+from ca.db import NotFound, StoreError
 from protocols.cmp import http as cmp_http
 from protocols.cmp.server import CmpServer, RefusalRecord, Route, ServerIdentity
 from protocols.pki_http import PkiPublication, make_blueprint

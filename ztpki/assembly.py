@@ -12,7 +12,8 @@ from ca.profiles import load_profiles
 from ca.revocation import CrlPolicy, Revocations
 import ra.db
 import vendor_trust.db
-from ca.store import Store, make_engine
+from ca.db import make_engine
+from ca.store import Store
 from sqlalchemy import Engine
 from hsm import Token, TokenSealer
 from ra.audit import AuditLog

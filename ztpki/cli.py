@@ -18,7 +18,8 @@ from ca.issuer import IssuanceError
 from ca.lint import LintError
 from ca.profiles import PolicyViolation, ProfileError
 from ca.revocation import RevocationError
-from ca.store import CertificateRecord, StoreError, now, parse_serial
+from ca.db import StoreError, now, parse_serial
+from ca.store import CertificateRecord
 from hsm import HsmError, KeyType
 from ztpki.assembly import Instance
 from ztpki.config import ConfigError

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
 from ca.revocation import reason_name
-from ca.store import now
+from ca.db import now
 from vendor_trust.credentials import CredentialError, CredentialInfo, Credentials
 from vendor_trust.device_import import IMPORT_MODES, ImportFileError, ImportMode, import_devices
 from vendor_trust.pins import PinInfo, Pins

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ca.store import StoreError
+from ca.db import StoreError
 from ra.audit import AuditLog, AuditRecord, format_time
 from ra.pending import STATUSES, PendingRecord, PendingRequests
 from ra.requests import Issued, Pending, Rejected

@@ -10,7 +10,9 @@ from typing import Iterator
 import pytest
 from sqlalchemy import inspect
 
-from ca.store import Conflict, NotFound, Store, now, parse_serial
+from ca.db import Conflict, NotFound, now, parse_serial
+
+from ca.store import Store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
