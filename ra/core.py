@@ -47,7 +47,8 @@ log = logging.getLogger("ztpki.ra")
 class CorePolicy:
     per_device_limit: int = 10  # requests per device per window
     per_device_window: int = 60
-    global_limit: int = 200  # requests per second, all devices
+    global_limit: int = 200  # requests per global window, all devices
+    global_window: int = 1
     poll_interval: int = 30  # seconds a device should wait before polling a pending request
 
 
@@ -81,7 +82,7 @@ class EnrolmentCore:
         """Decide one request; never raises for anything a client can cause."""
         auth: Authenticated | None = None
         try:
-            self._admit("global", self.policy.global_limit, 1)
+            self._admit("global", self.policy.global_limit, self.policy.global_window)
             replay = self._replayed(request)
             if replay is not None:
                 return replay

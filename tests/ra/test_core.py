@@ -257,7 +257,8 @@ def test_rejected_pending_request(world: World) -> None:
 def test_overload_answers_retry_later(tmp_path: Path) -> None:
     own = make_world(tmp_path)
     core = own.instance.core
-    core.policy = CorePolicy(global_limit=2)
+    # A minute-long window: a slow machine cannot spread the 4 requests over several windows.
+    core.policy = CorePolicy(global_limit=2, global_window=60)
     serial = own.device()
     results = [core.decide(enrolment(VendorCertificate(own.idevid(serial)))) for _ in range(4)]
     busy = [r for r in results if isinstance(r, Rejected)]
