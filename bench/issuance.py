@@ -39,6 +39,7 @@ import os
 import platform
 import queue
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -637,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-method", choices=("spawn", "fork", "forkserver"), default="spawn")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
     args = parser.parse_args(argv)
+    # A plain `kill` must still stop the PostgreSQL cluster and remove the
+    # temporary instances (the finally block below).
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
 
     seconds = 1.0 if args.quick and args.seconds == 5.0 else args.seconds
     stores = set(args.stores.split(","))

@@ -298,7 +298,7 @@ def _what_if_status_row(instance: Any, out: Path, seconds: float, rounds: int) -
             return conn.execute(prebuilt, {"a": authority_id, "s": serial_hex(serial)}).first()
 
     ways: list[tuple[str, Any]] = [
-        ("store.status_row (as it is: statement built per call)", lambda s: store.status_row(authority_id, s)),
+        ("store.status_row as it is in this tree", lambda s: store.status_row(authority_id, s)),
         ("same SELECT built once, bind parameters, engine.connect()", with_prebuilt),
     ]
     raw = None
