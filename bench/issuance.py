@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Issuance throughput of ztpki through the library (not part of the test run).
 
-    .venv/bin/python bench/issuance.py [--seconds 5] [--quick] [--no-postgres]
+    .venv/bin/python bench/issuance.py [--seconds 5] [--quick] [--repeat N] [--no-postgres]
+        [--key-types ec-p256,rsa-2048] [--stores full,normal,postgres] [--procs 1,2]
+        [--no-sign] [--no-breakdown | --breakdown-only] [--cprofile N] [--json FILE]
 
 What is timed is CertificateAuthorities.issue(IssuanceOrder, profile=...): the
 real path (template from the profile, optional pkilint, store reserve, token
@@ -22,11 +24,16 @@ keys generated before the timed loop.
 
 Then a per-certificate cost breakdown of one CA key (EC P-256 by default): each
 step of the issue path is wrapped with a timer, in a separate process, and the
-mean time per certificate of every step is printed. --cprofile N adds a cProfile
-listing (top N functions) of the lint-off path.
+mean time per certificate of every step is printed, with two comparisons of
+alternatives that are not the product's code (TBSCertificate without the
+scratch signature; store statements built per call or once). --cprofile N adds
+a cProfile listing (top N functions) of the lint-off path, in a run of its own.
 
-All numbers are wall-clock rates of this machine; a shared VM varies by ±20 %
-between runs, so use --repeat to take the median of several runs.
+Rates are wall-clock, summed over processes. Every measurement also reports the
+CPU time of the benchmark processes per operation (plus the PostgreSQL
+server's) and how many cores other processes kept busy meanwhile; a run
+disturbed by more than 0.3 cores of other load is repeated (--retries) and
+flagged ⚠ if it stays disturbed. Use --repeat to take the median of runs.
 """
 
 from __future__ import annotations
