@@ -103,6 +103,8 @@ class CertificateAuthorities:
         self.urls = urls
         self.default_ca = default_ca
         self._loaded: dict[str, Authority] = {}
+        # token.signer() asks the token for the key's type: once per CA key, not per certificate.
+        self._signers: dict[tuple[str, str], signing.Signer] = {}
         self._lock = threading.Lock()
 
     # -- authorities ---------------------------------------------------------
@@ -134,6 +136,7 @@ class CertificateAuthorities:
         """Reload CA records on next use (after a CA was added or changed)."""
         with self._lock:
             self._loaded.clear()
+            self._signers.clear()
 
     def issuer_facts(self, authority: Authority) -> IssuerFacts:
         return IssuerFacts(
@@ -197,10 +200,18 @@ class CertificateAuthorities:
         return self._sign_reserved(authority, signer, template.serial, tbs)
 
     def _signer(self, authority: Authority) -> signing.Signer:
+        key = (authority.record.key_label, authority.algorithm.value)
+        with self._lock:
+            cached = self._signers.get(key)
+        if cached is not None:
+            return cached
         try:
-            return self.token.signer(authority.record.key_label, authority.algorithm)
+            signer = self.token.signer(authority.record.key_label, authority.algorithm)
         except HsmError as exc:
             raise IssuanceError(f"CA key of {authority.name!r} unavailable: {exc}") from None
+        with self._lock:
+            self._signers[key] = signer
+        return signer
 
     def _sign_reserved(
         self, authority: Authority, signer: signing.Signer, serial: int, tbs: bytes
