@@ -81,7 +81,7 @@ class LocalSigner:
 
 def self_signed(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, subject: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject.removeprefix("CN="))])
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -97,11 +97,8 @@ def self_signed(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, subject: st
 
 # -- a minimal RFC 9483 client side: CertReqMessages and p10cr bodies ------------------
 
-from protocols.cmp import der as _der  # noqa: E402
-
-
-def _int(value: int) -> bytes:
-    return _der.wrap(0x02, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
+from protocols.cmp import der as _der
+from protocols.cmp.client import cert_req_body, cert_request_der, signature_pop  # noqa: F401
 
 
 def extension_der(extension: x509.ExtensionType, oid_der: bytes, critical: bool = False) -> bytes:
@@ -112,54 +109,6 @@ def extension_der(extension: x509.ExtensionType, oid_der: bytes, critical: bool 
 
 SAN_OID_DER = bytes.fromhex("0603551d11")
 KEY_USAGE_OID_DER = bytes.fromhex("0603551d0f")
-
-
-def cert_request_der(
-    public_key_der: bytes | None,
-    subject: x509.Name | None,
-    extensions: tuple[bytes, ...] = (),
-    cert_req_id: int = 0,
-    validity: bytes = b"",
-) -> bytes:
-    """CertRequest (RFC 4211 §5) with a template of validity [4] (content as
-    given), subject [5], publicKey [6], extensions [9]."""
-    template = _der.wrap(0xA4, validity) if validity else b""
-    if subject is not None:
-        template += _der.wrap(0xA5, subject.public_bytes())
-    if public_key_der is not None:
-        spki = _der.read_tlv(public_key_der, 0)
-        template += _der.wrap(0xA6, spki.value(public_key_der))
-    if extensions:
-        template += _der.wrap(0xA9, b"".join(extensions))
-    return _der.wrap(0x30, _int(cert_req_id) + _der.wrap(0x30, template))
-
-
-def signature_pop(cert_request: bytes, signer: LocalSigner) -> bytes:
-    """ProofOfPossession signature [1] POPOSigningKey over the CertRequest DER (RFC 4211 §4.1)."""
-    from protocols.cmp.protection import signature_algorithm_id
-
-    alg = signature_algorithm_id(signer.algorithm)
-    alg_der = _der.wrap(0x30, _oid_der(alg.oid) + (alg.parameters or b""))
-    return _der.wrap(0xA1, alg_der + _der.wrap(0x03, b"\x00" + signer.sign(cert_request)))
-
-
-def _oid_der(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    body = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.insert(0, 0x80 | (arc & 0x7F))
-            arc >>= 7
-        body += bytes(chunk)
-    return _der.wrap(0x06, bytes(body))
-
-
-def cert_req_body(body_tag: int, messages: list[bytes]) -> bytes:
-    """ir [0] / cr [2] / kur [7] CertReqMessages (RFC 4210 §5.1.2); each item is
-    the content of one CertReqMsg (certReq, then popo if any)."""
-    return _der.wrap(0xA0 | body_tag, _der.wrap(0x30, b"".join(_der.wrap(0x30, m) for m in messages)))
 
 
 def public_key_der(signer: LocalSigner) -> bytes:

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from protocols.cmp import codec, der, macs
-from protocols.cmp.bodies import FailInfo, PkiStatus, StatusInfo, status_info_from_asn1
-from protocols.cmp.header import NULL_DN_GENERAL_NAME, PkiHeader, implicit_confirm_info
+from protocols.cmp import codec, der
+from protocols.cmp.bodies import FailInfo
 from protocols.cmp.protection import (
-    protect_with_mac,
-    protect_with_signature,
     verify_mac_protection,
     verify_signature_protection,
 )
@@ -28,102 +25,27 @@ from ztpki.assembly import Instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))
-from cmphelpers import cert_req_body, cert_request_der, signature_pop  # noqa: E402
-from corehelpers import World, make_world  # noqa: E402
+from cmphelpers import cert_req_body, signature_pop
+from corehelpers import World, make_world
 
-
-# -- a small RFC 9483 client ------------------------------------------------------------
-
-
-class KeySigner:
-    algorithm = "ecdsa-sha256"
-
-    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
-        self.key = key
-
-    def sign(self, data: bytes) -> bytes:
-        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-
-@dataclass
-class MacCredential:
-    reference: str
-    secret: bytes
-
-
-@dataclass
-class CertCredential:
-    key: ec.EllipticCurvePrivateKey
-    chain: tuple[x509.Certificate, ...]
-
-
-Credential = MacCredential | CertCredential
-
-
-def _header(credential: Credential, transaction_id: bytes, *, implicit: bool = False, nonce: bytes | None = None,
-            moment: datetime | None = None) -> PkiHeader:
-    if isinstance(credential, MacCredential):
-        kid = credential.reference.encode()
-    else:
-        kid = credential.chain[0].extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    return PkiHeader(
-        pvno=2,
-        sender=NULL_DN_GENERAL_NAME,
-        recipient=NULL_DN_GENERAL_NAME,
-        message_time=(moment or datetime.now(timezone.utc)).replace(microsecond=0),
-        sender_kid=kid,
-        transaction_id=transaction_id,
-        sender_nonce=nonce or os.urandom(16),
-        general_info=(implicit_confirm_info(),) if implicit else (),
-    )
-
-
-def protect(credential: Credential, header: PkiHeader, body_der: bytes) -> bytes:
-    if isinstance(credential, MacCredential):
-        return protect_with_mac(header, body_der, credential.secret, macs.new_password_based_mac(iterations=500))
-    certs = tuple(c.public_bytes(serialization.Encoding.DER) for c in credential.chain)
-    return protect_with_signature(header, body_der, KeySigner(credential.key), certs)
-
-
-def cert_request(credential: Credential, key: ec.EllipticCurvePrivateKey, *, body_tag: int = 0,
-                 transaction_id: bytes | None = None, implicit: bool = False, **header: object) -> tuple[bytes, bytes]:
-    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "device")])
-    request = cert_request_der(spki, subject)
-    signer = KeySigner(key)
-    body = cert_req_body(body_tag, [request + signature_pop(request, signer)])  # type: ignore[arg-type]
-    tid = transaction_id or os.urandom(16)
-    return tid, protect(credential, _header(credential, tid, implicit=implicit, **header), body)  # type: ignore[arg-type]
-
-
-def cert_conf(credential: Credential, transaction_id: bytes, certificate: bytes, *, accept: bool = True) -> bytes:
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(certificate)
-    content = der.wrap(der.TAG_OCTET_STRING, digest.finalize()) + der.encode_integer(0)
-    if not accept:
-        content += bytes.fromhex("3003020102")  # PKIStatusInfo { rejection }
-    body = der.wrap(0xA0 | 24, der.wrap(der.TAG_SEQUENCE, der.wrap(der.TAG_SEQUENCE, content)))
-    return protect(credential, _header(credential, transaction_id), body)
+# -- the client side: protocols/cmp/client.py -------------------------------------------
+from protocols.cmp.client import (
+    CertCredential,
+    KeySigner,
+    MacCredential,
+    cert_conf,
+    cert_request,
+    issued_certificate,
+    protect,
+    refusal,
+)
+from protocols.cmp.client import request_header as _header
 
 
 def answer(server: CmpServer, request: bytes) -> codec.PkiMessage:
     status, reply, content_type = server.handle(request, path_label=None, peer="192.0.2.1")
     assert (status, content_type) == (200, CONTENT_TYPE)
     return codec.decode_message(reply)
-
-
-def issued_certificate(reply: codec.PkiMessage) -> bytes:
-    assert reply.body_type in ("ip", "cp", "kup"), reply.body_type
-    response = reply.body["response"][0]
-    status = status_info_from_asn1(response["status"])
-    assert status.status == PkiStatus.ACCEPTED, status
-    return bytes(response["certifiedKeyPair"]["certOrEncCert"]["certificate"])
-
-
-def refusal(reply: codec.PkiMessage) -> StatusInfo:
-    if reply.body_type == "error":
-        return status_info_from_asn1(reply.body["pKIStatusInfo"])
-    return status_info_from_asn1(reply.body["response"][0]["status"])
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -218,7 +140,7 @@ def test_unknown_sender_kid_is_refused_with_badMessageCheck(server: CmpServer) -
 
 
 def test_stale_message_time_is_refused_with_badTime(server: CmpServer, mac: MacCredential) -> None:
-    _, request = cert_request(mac, new_key(), moment=datetime.now(timezone.utc) - timedelta(hours=1))
+    _, request = cert_request(mac, new_key(), moment=datetime.now(UTC) - timedelta(hours=1))
     assert refusal(answer(server, request)).fail_info == {FailInfo.BAD_TIME}
 
 
