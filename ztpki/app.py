@@ -86,13 +86,11 @@ def cmp_server_for(instance: Instance) -> CmpServer:
             return None
 
     def mac_secret(reference: str, within_transaction: bool) -> bytes | None:
+        # The ir may take the credential's last use; its certConf and
+        # pollReq still belong to that transaction.
         try:
-            return instance.credentials.mac_secret(reference).secret
-        except BadCredential as exc:
-            if within_transaction and exc.reason == "used_up":
-                # The ir used the credential's last use; its certConf and
-                # pollReq still belong to that transaction.
-                return _used_up_secret(instance, reference)
+            return instance.credentials.mac_secret(reference, allow_used_up=within_transaction).secret
+        except BadCredential:
             return None
 
     return CmpServer(
@@ -105,6 +103,7 @@ def cmp_server_for(instance: Instance) -> CmpServer:
         route=route_of,
         current_crl=current_crl,
         audit=lambda record: _audit_refusal(instance, record),
+        policy=instance.cmp_policy,
     )
 
 
@@ -190,23 +189,6 @@ def _current_protection_certificate(
     if certificate.not_valid_after_utc - datetime.now(timezone.utc) < PROTECTION_RENEW_BEFORE:
         return None
     return certificate
-
-
-def _used_up_secret(instance: Instance, reference: str) -> bytes | None:
-    from sqlalchemy import select
-
-    from vendor_trust.credentials import _aad
-    from vendor_trust.schema import credentials
-
-    with instance.engine.connect() as conn:
-        row = conn.execute(
-            select(credentials.c.sealed_secret, credentials.c.revoked).where(
-                credentials.c.reference == reference, credentials.c.kind == "mac"
-            )
-        ).first()
-    if row is None or row.revoked:
-        return None
-    return instance.secret_sealer.unseal(bytes(row.sealed_secret), _aad(reference))
 
 
 def create_app(instance: Instance) -> Flask:

@@ -8,6 +8,7 @@ hashing starts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -85,9 +86,9 @@ def _hmac_name(oid: str, table: dict[str, str]) -> str:
         raise MacParameterError("unsupported MAC algorithm %s" % oid) from None
 
 
-def _check_iterations(count: int) -> int:
-    if not MIN_ITERATIONS <= count <= MAX_ITERATIONS:
-        raise MacParameterError("iterationCount %d outside %d..%d" % (count, MIN_ITERATIONS, MAX_ITERATIONS))
+def _check_iterations(count: int, maximum: int = MAX_ITERATIONS) -> int:
+    if not MIN_ITERATIONS <= count <= maximum:
+        raise MacParameterError("iterationCount %d outside %d..%d" % (count, MIN_ITERATIONS, maximum))
     return count
 
 
@@ -95,6 +96,25 @@ def _check_salt(salt: bytes) -> bytes:
     if not MIN_SALT <= len(salt) <= MAX_SALT:
         raise MacParameterError("salt length %d outside %d..%d" % (len(salt), MIN_SALT, MAX_SALT))
     return salt
+
+
+# A reply is protected with the request's own parameters (protection.py), so
+# the key derived to check a request is the key that protects its answer: a
+# small per-process cache saves the second derivation (iterations are capped,
+# but still cost ~0.25 ms per 500 in Python). Keys stay in process memory
+# for as long as the secrets they come from do anyway.
+@functools.lru_cache(maxsize=512)
+def _pbm_key(owf: str, secret: bytes, salt: bytes, iterations: int) -> bytes:
+    key = secret + salt
+    new = functools.partial(hashlib.new, owf)
+    for _ in range(iterations):
+        key = new(key).digest()
+    return key
+
+
+@functools.lru_cache(maxsize=512)
+def _pbkdf2_key(prf: str, secret: bytes, salt: bytes, iterations: int, length: int) -> bytes:
+    return hashlib.pbkdf2_hmac(prf, secret, salt, iterations, length)
 
 
 @dataclass(frozen=True)
@@ -108,11 +128,7 @@ class PasswordBasedMac:
 
     def key(self, secret: bytes) -> bytes:
         """RFC 4210 §5.1.3.1: OWF applied iterationCount times to secret || salt."""
-        owf = OWF_BY_OID[self.owf_oid]
-        key = secret + self.salt
-        for _ in range(self.iterations):
-            key = hashlib.new(owf, key).digest()
-        return key
+        return _pbm_key(OWF_BY_OID[self.owf_oid], secret, self.salt, self.iterations)
 
     def compute(self, secret: bytes, data: bytes) -> bytes:
         """The protection value: HMAC with the derived key over data (RFC 4210 §5.1.3.1)."""
@@ -130,8 +146,9 @@ class PasswordBasedMac:
         return replace(self, salt=os.urandom(max(16, len(self.salt))))
 
 
-def parse_password_based_mac(parameters: bytes | None) -> PasswordBasedMac:
-    """Read and bound PBMParameter (RFC 4210 §5.1.3.1)."""
+def parse_password_based_mac(parameters: bytes | None, max_iterations: int = MAX_ITERATIONS) -> PasswordBasedMac:
+    """Read and bound PBMParameter (RFC 4210 §5.1.3.1); max_iterations is the
+    operator's cap ([cmp] max_mac_iterations)."""
     params = _decode(parameters, rfc4210.PBMParameter())
     owf = str(params["owf"]["algorithm"])
     if owf not in OWF_BY_OID:
@@ -141,7 +158,7 @@ def parse_password_based_mac(parameters: bytes | None) -> PasswordBasedMac:
     return PasswordBasedMac(
         salt=_check_salt(bytes(params["salt"])),
         owf_oid=owf,
-        iterations=_check_iterations(int(params["iterationCount"])),
+        iterations=_check_iterations(int(params["iterationCount"]), max_iterations),
         mac_oid=mac,
     )
 
@@ -165,7 +182,7 @@ class Pbmac1:
     def key(self, secret: bytes) -> bytes:
         """PBKDF2 (RFC 8018 §5.2) with the HMAC PRF."""
         prf = PBKDF2_PRF_BY_OID[self.prf_oid]
-        return hashlib.pbkdf2_hmac(prf, secret, self.salt, self.iterations, self.derived_length)
+        return _pbkdf2_key(prf, secret, self.salt, self.iterations, self.derived_length)
 
     def compute(self, secret: bytes, data: bytes) -> bytes:
         """The protection value: HMAC with the PBKDF2 key over data (RFC 8018 §7.1.1)."""
@@ -194,7 +211,7 @@ def _pbkdf2_work(iterations: int, length: int, prf_oid: str) -> int:
     return iterations * -(-length // block)
 
 
-def pbmac1_candidates(parameters: bytes | None) -> tuple[Pbmac1, ...]:
+def pbmac1_candidates(parameters: bytes | None, max_iterations: int = MAX_ITERATIONS) -> tuple[Pbmac1, ...]:
     """Read and bound PBMAC1-params (RFC 8018 §A.5, RFC 9481 §6.1.2).
 
     Returns the readings worth trying, standard first. RFC 8018 §A.2 gives
@@ -213,7 +230,9 @@ def pbmac1_candidates(parameters: bytes | None) -> tuple[Pbmac1, ...]:
     if kdf["salt"].getName() != "specified":
         raise MacParameterError("PBKDF2 salt must be specified (RFC 8018 §A.2)")
     salt = _check_salt(bytes(kdf["salt"]["specified"]))
-    iterations = _check_iterations(int(kdf["iterationCount"]))
+    iterations = _check_iterations(int(kdf["iterationCount"]), max_iterations)
+    # A raised iteration cap raises the work cap with it (one-block keys).
+    max_work = max(MAX_PBKDF2_WORK, 2 * max_iterations)
     # prf DEFAULT hmacWithSHA1, which PBKDF2_PRF_BY_OID does not accept.
     prf = str(kdf["prf"]["algorithm"]) if kdf["prf"].isValue else "1.2.840.113549.2.7"
     _hmac_name(prf, PBKDF2_PRF_BY_OID)
@@ -225,7 +244,7 @@ def pbmac1_candidates(parameters: bytes | None) -> tuple[Pbmac1, ...]:
     readings = tuple(
         Pbmac1(salt, iterations, key_length, length, prf, mac)
         for length in lengths
-        if 16 <= length and _pbkdf2_work(iterations, length, prf) <= MAX_PBKDF2_WORK
+        if 16 <= length and _pbkdf2_work(iterations, length, prf) <= max_work
     )
     if not readings:
         raise MacParameterError("PBMAC1 key length %s is too costly or too short" % key_length)

@@ -97,25 +97,27 @@ def _require_protection(message: codec.PkiMessage) -> tuple[AlgorithmId, bytes]:
     return alg, message.protection
 
 
-def mac_readings(alg: AlgorithmId) -> tuple[MacAlgorithm, ...]:
+def mac_readings(alg: AlgorithmId, max_iterations: int = macs.MAX_ITERATIONS) -> tuple[MacAlgorithm, ...]:
     """The MAC parameters of a protectionAlg (RFC 4210 §5.1.3.1; RFC 9481 §6.1.2)."""
     try:
         if alg.oid == macs.ID_PASSWORD_BASED_MAC:
-            return (macs.parse_password_based_mac(alg.parameters),)
+            return (macs.parse_password_based_mac(alg.parameters, max_iterations),)
         if alg.oid == macs.ID_PBMAC1:
-            return macs.pbmac1_candidates(alg.parameters)
+            return macs.pbmac1_candidates(alg.parameters, max_iterations)
     except macs.MacParameterError as exc:
         raise ProtectionError(str(exc), FailInfo.BAD_ALG) from None
     raise ProtectionError("protectionAlg %s is not a MAC" % alg.oid, FailInfo.BAD_ALG)
 
 
-def verify_mac_protection(message: codec.PkiMessage, secret: bytes) -> MacAlgorithm:
+def verify_mac_protection(
+    message: codec.PkiMessage, secret: bytes, max_iterations: int = macs.MAX_ITERATIONS
+) -> MacAlgorithm:
     """Check a PasswordBasedMac or PBMAC1 protection (RFC 4210 §5.1.3.1, RFC 9481 §6.1).
 
     Returns the parameters that matched, for protect_with_mac to answer in kind.
     """
     alg, protection = _require_protection(message)
-    for reading in mac_readings(alg):
+    for reading in mac_readings(alg, max_iterations):
         if hmac.compare_digest(reading.compute(secret, message.protected_part), protection):
             return reading
     raise ProtectionError("MAC does not verify")
@@ -211,8 +213,14 @@ def protect_with_mac(
     header: PkiHeader, body_der: bytes, secret: bytes, like: MacAlgorithm, extra_certs: tuple[bytes, ...] = ()
 ) -> bytes:
     """A MAC-protected PKIMessage (RFC 4210 §5.1.3.1; RFC 9483 §3.2): the
-    request's algorithm and parameters with a fresh salt, keyed by the same secret."""
-    params = like.with_fresh_salt()
+    request's algorithm and parameters, keyed by the same secret.
+
+    The salt is the request's own: RFC 4210 leaves its choice to the sender,
+    the client already knows the derived key, and reusing it spares a second
+    key derivation per exchange (macs.py caches it). Clients that protect
+    with a fresh salt per message still get fresh parameters for each reply.
+    """
+    params = like
     header_der = encode_header(replace(header, protection_alg=params.algorithm_id()))
     mac = params.compute(secret, codec.protected_part(header_der, body_der))
     return codec.assemble_message(header_der, body_der, mac, extra_certs)
