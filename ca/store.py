@@ -300,6 +300,8 @@ class Store:
         authority: str | None = None,
         status: str | None = None,
         subject_contains: str | None = None,
+        subject: str | None = None,
+        profile: str | None = None,
         device_id: str | None = None,
         expiring_before: datetime | None = None,
         limit: int | None = None,
@@ -311,6 +313,10 @@ class Store:
             query = query.where(certificates.c.status == status)
         if subject_contains is not None:
             query = query.where(certificates.c.subject.contains(subject_contains, autoescape=True))
+        if subject is not None:  # exact RFC 4514 text: uses ix_certificates_subject
+            query = query.where(certificates.c.subject == subject)
+        if profile is not None:
+            query = query.where(certificates.c.profile == profile)
         if device_id is not None:
             query = query.where(certificates.c.device_id == device_id)
         if expiring_before is not None:

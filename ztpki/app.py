@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from ca.issuer import UnknownAuthority
-from ca.profiles import Profile
-from ca.template import IssuanceOrder
-from hsm import KeyType
+from ca.protection_identity import due_for_renewal
 from ca.ocsp import INTERNAL_ERROR, MALFORMED
 from ca.db import NotFound, StoreError
 from protocols.cmp import http as cmp_http
@@ -28,6 +24,8 @@ from vendor_trust.credentials import BadCredential
 from ztpki.assembly import Instance
 
 log = logging.getLogger("ztpki.app")
+
+PROTECTION_RECHECK_SECONDS = 3600.0
 
 
 def publication_for(instance: Instance) -> PkiPublication:
@@ -56,14 +54,21 @@ def publication_for(instance: Instance) -> PkiPublication:
 def cmp_server_for(instance: Instance) -> CmpServer:
     """The CMP server over this instance's core; signed replies carry the
     CMP protection certificate of the CA the path names."""
-    identities: dict[str | None, ServerIdentity] = {}
+    # Per CA: the identity and when the store was last asked about it. Asked
+    # again once the certificate is due for renewal, at most every RECHECK.
+    identities: dict[str | None, tuple[ServerIdentity, float]] = {}
     lock = threading.Lock()
 
     def identity(route: Route) -> ServerIdentity:
         with lock:
-            found = identities.get(route.ca)
-            if found is None:
-                found = identities[route.ca] = cmp_protection_identity(instance, route.ca)
+            cached = identities.get(route.ca)
+            if cached is not None:
+                found, checked = cached
+                fresh = time.monotonic() - checked < PROTECTION_RECHECK_SECONDS
+                if fresh or not due_for_renewal(found.certificate, datetime.now(timezone.utc)):
+                    return found
+            found = cmp_protection_identity(instance, route.ca)
+            identities[route.ca] = (found, time.monotonic())
             return found
 
     def ca_certificates(route: Route) -> tuple[bytes, ...]:
@@ -119,76 +124,16 @@ def _audit_refusal(instance: Instance, record: RefusalRecord) -> None:
     )
 
 
-# RFC 6402 §2.10 id-kp-cmcRA: the certificate of an RA that protects CMP replies.
-ID_KP_CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
-PROTECTION_RENEW_BEFORE = timedelta(days=30)
-
-
-def protection_profile(instance: Instance) -> Profile:
-    """digitalSignature and cmcRA only (RFC 9483 §3.2; RFC 9481 §3)."""
-    return dataclasses.replace(
-        instance.cas.profile("server"),
-        name="cmp-protection",
-        description="CMP reply protection (RFC 9483 §3.2)",
-        key_usage=frozenset({"digital_signature"}),
-        extended_key_usage=(ID_KP_CMC_RA,),
-        san_types=frozenset(),
-        cn_as_dns_san=False,
-        excess_extensions="refuse",
-    )
-
-
 def cmp_protection_identity(instance: Instance, ca: str | None) -> ServerIdentity:
-    """The CMP protection key (in the token) and its certificate under CA `ca`,
-    made on first use. The certificate is kept in the home directory; a file
-    lock keeps two workers from making two (RFC 9483 §3.2: a dedicated
-    certificate with digitalSignature, its chain in extraCerts)."""
-    authority = instance.cas.authority(ca)
-    label = f"cmp-protection-{authority.name}"
-    path = instance.settings.home / f"{label}.pem"
-    lock_path = instance.settings.home / f".{label}.lock"
-    with lock_path.open("a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            certificate = _current_protection_certificate(instance, label, path, authority.certificate)
-            if certificate is None:
-                if not instance.token.has_key(label):
-                    instance.token.generate_key(label, KeyType.EC_P256)
-                order = IssuanceOrder(
-                    ca=authority.name,
-                    profile="cmp-protection",
-                    subject=x509.Name([
-                        x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, f"ztpki CMP {authority.name}"),
-                    ]),
-                    public_key=instance.token.public_key(label),  # type: ignore[arg-type]
-                )
-                certificate = instance.cas.issue(order, profile=protection_profile(instance)).certificate
-                path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-                log.info("CMP protection certificate %x issued under %s", certificate.serial_number, authority.name)
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-    chain = (certificate,) + authority.chain
+    """The CA's CMP protection key and certificate (ca/protection_identity.py),
+    its chain for extraCerts (RFC 9483 §3.2)."""
+    found = instance.cmp_protection(ca)
+    chain = (found.certificate,) + found.chain
     return ServerIdentity(
-        instance.token.signer(label),
-        certificate,
+        instance.token.signer(found.key_label),
+        found.certificate,
         tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
     )
-
-
-def _current_protection_certificate(
-    instance: Instance, label: str, path: Path, issuer: x509.Certificate
-) -> x509.Certificate | None:
-    if not path.exists() or not instance.token.has_key(label):
-        return None
-    try:
-        certificate = x509.load_pem_x509_certificate(path.read_bytes())
-    except ValueError:
-        return None
-    if certificate.public_key() != instance.token.public_key(label) or certificate.issuer != issuer.subject:
-        return None
-    if certificate.not_valid_after_utc - datetime.now(timezone.utc) < PROTECTION_RENEW_BEFORE:
-        return None
-    return certificate
 
 
 def create_app(instance: Instance) -> Flask:

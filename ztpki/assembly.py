@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ca.issuer import CertificateAuthorities, UrlScheme
 from ca.ocsp import OcspResponder
+from ca.protection_identity import ProtectionIdentity, current_protection_certificate
 from ca.profiles import load_profiles
 from ca.revocation import CrlPolicy, Revocations
 import ra.db
@@ -108,6 +109,13 @@ class Instance:
             validity=timedelta(minutes=self.settings.ocsp_validity_minutes),
             refresh=timedelta(seconds=self.settings.ocsp_refresh_seconds),
         )
+
+    def cmp_protection(self, ca: str | None = None) -> ProtectionIdentity:
+        """The CMP protection key and certificate of CA `ca` (the default CA),
+        made on first use, renewed near expiry; the store holds the truth and
+        HOME/cmp-protection-<ca>.pem is a copy for clients (-srvcert)."""
+        home = self.settings.home
+        return current_protection_certificate(self.cas, self.store, self.token, ca, lock_dir=home, pem_dir=home)
 
     # -- the enrolment core and what it stands on -----------------------------
 
