@@ -102,6 +102,10 @@ class Profile:
     # A request asking for CA:TRUE, a key usage or an EKU beyond the profile:
     # "refuse" it, or "drop" what it asked and issue what the profile says.
     excess_extensions: str = "refuse"
+    # Read by the CMP server: a client asking for implicitConfirm (RFC 4210
+    # §5.1.1.1, RFC 9483 §4.1.1) is granted it when this and [cmp]
+    # allow_implicit_confirm are both true; otherwise it must send certConf.
+    implicit_confirm: bool = True
     # Only the built-in CA profiles below set these; profiles.toml cannot.
     is_ca: bool = False
     path_length: int | None = None
@@ -197,8 +201,8 @@ def _parse_profile(name: str, raw: Any) -> Profile:
     if excess not in ("refuse", "drop"):
         raise ProfileError(f"{where}: excess_extensions must be \"refuse\" or \"drop\"")
     flags = {}
-    for flag in ("require_cn", "cn_as_dns_san", "ocsp_no_check", "lint", "auto_register"):
-        value = raw.get(flag, flag in ("require_cn", "lint"))
+    for flag in ("require_cn", "cn_as_dns_san", "ocsp_no_check", "lint", "auto_register", "implicit_confirm"):
+        value = raw.get(flag, flag in ("require_cn", "lint", "implicit_confirm"))
         if not isinstance(value, bool):
             raise ProfileError(f"{where}: {flag} must be true or false")
         flags[flag] = value
@@ -222,6 +226,7 @@ def _parse_profile(name: str, raw: Any) -> Profile:
         approval=approval,
         auto_register=flags["auto_register"],
         excess_extensions=excess,
+        implicit_confirm=flags["implicit_confirm"],
     )
 
 

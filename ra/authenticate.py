@@ -26,6 +26,7 @@ from ra.requests import (
     RejectReason,
     SharedSecretReference,
     TlsClientCertificate,
+    TrustedRa,
     VendorCertificate,
 )
 
@@ -44,7 +45,7 @@ class Refusal(Exception):
 class Authenticated:
     """Who the evidence proves the requester to be."""
 
-    kind: str  # vendor-certificate | current-certificate | mac | password | pin
+    kind: str  # vendor-certificate | current-certificate | mac | password | pin | trusted-ra
     device: str | None  # device serial, when the evidence is bound to one
     batch: str | None = None  # batch credential: the device comes from the request
     vendor: str | None = None
@@ -121,6 +122,11 @@ class Authenticator:
             return self._password(evidence)
         if isinstance(evidence, OneTimePin):
             return self._pin(evidence, request)
+        if isinstance(evidence, TrustedRa):
+            # The protocol matched the signer against its configured RAs; the
+            # RA vouches for the device the request names, which the core's
+            # device step requires to be registered and not blocked.
+            return Authenticated(kind="trusted-ra", device=None, detail=_fingerprint(evidence.certificate))
         raise Refusal(RejectReason.BAD_REQUEST, f"unsupported evidence {type(evidence).__name__}")
 
     def _vendor(self, chain: Sequence[x509.Certificate]) -> Authenticated:
@@ -211,6 +217,7 @@ _ORDER = {
     SharedSecretReference: 3,
     HttpBasic: 4,
     OneTimePin: 5,
+    TrustedRa: 6,
 }
 
 

@@ -222,7 +222,14 @@ class EnrolmentCore:
             self.registry.mark_active(order.device_id)
         self._audit(request, auth, order.device_id, "issued", None, issued.serial)
         root = issued.chain[-1]
-        return Issued(certificate=issued.certificate, chain=issued.chain, ca_certificates=(root,), device=order.device_id)
+        return Issued(
+            certificate=issued.certificate, chain=issued.chain, ca_certificates=(root,), device=order.device_id,
+            implicit_confirm=self._implicit_confirm(order.profile),
+        )
+
+    def _implicit_confirm(self, profile_name: str | None) -> bool:
+        profile = self._profile_or_none(profile_name)
+        return profile is not None and profile.implicit_confirm
 
     def _hold(self, request: EnrolmentRequest, auth: Authenticated, serial: str, order: IssuanceOrder) -> Decision:
         from ra.serialize import encode_request
@@ -292,7 +299,10 @@ class EnrolmentCore:
             stored = self.cas.store.certificate(int(record.certificate_serial, 16), record.ca)
             certificate = x509.load_der_x509_certificate(stored.der or b"")
             chain = self.cas.authority(record.ca).chain
-            return Issued(certificate=certificate, chain=chain, ca_certificates=(chain[-1],), device=record.device_serial)
+            return Issued(
+                certificate=certificate, chain=chain, ca_certificates=(chain[-1],), device=record.device_serial,
+                implicit_confirm=self._implicit_confirm(record.profile),
+            )
         if record.status == "rejected":
             return Rejected(RejectReason.REQUEST_REJECTED, record.reject_text or "rejected by an administrator")
         if record.status == "failed":

@@ -82,6 +82,19 @@ class CurrentCertificate:
 
 
 @dataclass(frozen=True)
+class TrustedRa:
+    """An RA the protocol is configured to trust forwarded this request and
+    vouches for the device (RFC 9483 §5.2; CMP [cmp] trusted_ra_certificates).
+
+    The protocol verified the message signature with `certificate` and found
+    it in its configured list; the device is the one the request names (the
+    template's serialNumber or CN), and must be registered and not blocked.
+    """
+
+    certificate: x509.Certificate
+
+
+@dataclass(frozen=True)
 class HttpBasic:
     """HTTP Basic credentials (EST fallback, RFC 7030 §3.2.3)."""
 
@@ -109,6 +122,7 @@ Evidence = Union[
     SharedSecretReference,
     OneTimePin,
     CurrentCertificate,
+    TrustedRa,
     HttpBasic,
     VerifiedOneTimePin,
     VerifiedHttpBasic,
@@ -171,6 +185,9 @@ class Issued:
     chain: tuple[x509.Certificate, ...]  # issuing CA up to the root
     ca_certificates: tuple[x509.Certificate, ...]  # to publish (CMP caPubs: the root)
     device: str | None = None
+    # The issuing profile lets the protocol skip the client's confirmation
+    # when the client asks (CMP implicitConfirm, RFC 4210 §5.1.1.1).
+    implicit_confirm: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from ra.requests import (
     Protocol,
     SharedSecretReference,
     TlsClientCertificate,
+    TrustedRa,
     VendorCertificate,
     VerifiedHttpBasic,
     VerifiedOneTimePin,
@@ -122,6 +123,8 @@ def _encode_evidence(item: object) -> dict[str, Any]:
             "certificate": _certificates((item.certificate,))[0],
             "chain": _certificates(item.chain),
         }
+    if isinstance(item, TrustedRa):
+        return {"type": "trusted_ra", "certificate": _certificates((item.certificate,))[0]}
     # The secret stays out of the store; its check happened before storing.
     if isinstance(item, (OneTimePin, VerifiedOneTimePin)):
         return {"type": "one_time_pin", "verified": True}
@@ -239,6 +242,8 @@ def _decode_evidence(item: dict[str, Any]) -> Evidence:
             certificate=_load_certificates([item["certificate"]])[0],
             chain=_load_certificates(item["chain"]),
         )
+    if kind == "trusted_ra":
+        return TrustedRa(certificate=_load_certificates([item["certificate"]])[0])
     # Not members of ra.requests.Evidence (yet): the core meets them only
     # when it re-runs an approved request, which it does not re-authenticate.
     if kind == "one_time_pin" and item.get("verified") is True:

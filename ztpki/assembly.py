@@ -17,6 +17,7 @@ from ca.db import make_engine
 from ca.store import Store
 from sqlalchemy import Engine
 from hsm import Token, TokenSealer
+from protocols.cmp.context import CmpPolicy
 from ra.audit import AuditLog
 from ra.core import EnrolmentCore
 from ra.pending import PendingRequests
@@ -169,7 +170,27 @@ class Instance:
         def revoke(serial: int, reason: str, ca: str | None) -> None:
             self.revocations.revoke(serial, reason, ca=ca)
 
-        return CmpTransactions(self.engine, revoke)
+        cmp = self.settings.cmp
+        return CmpTransactions(
+            self.engine,
+            revoke,
+            confirm_wait=timedelta(seconds=cmp.confirm_wait_seconds),
+            # A replayed message is refused by nonce until its messageTime
+            # falls outside the tolerance on either side of the clock.
+            nonce_memory=max(timedelta(minutes=30), timedelta(seconds=2 * cmp.message_time_tolerance_seconds)),
+        )
+
+    @cached_property
+    def cmp_policy(self) -> CmpPolicy:
+        """The CMP server's policy from [cmp] (RFC 9483 §3.1, §4.1.1, §5.2)."""
+        cmp = self.settings.cmp
+        return CmpPolicy(
+            message_time_tolerance=timedelta(seconds=cmp.message_time_tolerance_seconds),
+            allow_implicit_confirm=cmp.allow_implicit_confirm,
+            allow_unprotected_genm=cmp.allow_unprotected_genm,
+            max_mac_iterations=cmp.max_mac_iterations,
+            trusted_ras=cmp.trusted_ras(self.settings.home),
+        )
 
     def close(self) -> None:
         if "token" in self.__dict__:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from cryptography import x509
 
 from hsm import HsmConfigError, TokenConfig
 
@@ -39,6 +40,55 @@ class TokenSettings:
     softhsm_conf: str | None = None
 
 
+# [cmp] bounds: (minimum, maximum) of each integer key.
+CMP_BOUNDS = {
+    "confirm_wait_seconds": (10, 86_400),
+    "message_time_tolerance_seconds": (10, 86_400),
+    "max_mac_iterations": (100, 1_000_000),
+}
+
+
+@dataclass(frozen=True)
+class CmpSettings:
+    """The CMP server's policy ([cmp] in ztpki.toml)."""
+
+    # RFC 4210 §5.3.18: how long an issued certificate waits for certConf
+    # before it is revoked.
+    confirm_wait_seconds: int = 600
+    # RFC 9483 §3.1: how far messageTime may be from the server's clock.
+    message_time_tolerance_seconds: int = 600
+    # RFC 4210 §5.1.1.1: grant implicitConfirm when asked (and the profile allows it).
+    allow_implicit_confirm: bool = True
+    # RFC 9483 §4.3: answer genm without protection (CA certificates are public).
+    allow_unprotected_genm: bool = True
+    # The highest PBM / PBMAC1 iterationCount accepted (work an attacker can force).
+    max_mac_iterations: int = 100_000
+    # PEM file (relative to HOME allowed) of RA certificates whose signed
+    # requests may carry raVerified POP (RFC 9483 §5.2, RFC 4211 §4).
+    trusted_ra_certificates: str | None = None
+
+    def trusted_ra_path(self, home: Path) -> Path | None:
+        if self.trusted_ra_certificates is None:
+            return None
+        return home / self.trusted_ra_certificates  # an absolute path stays as it is
+
+    def trusted_ras(self, home: Path) -> tuple[x509.Certificate, ...]:
+        """The certificates in trusted_ra_certificates (none when unset)."""
+        path = self.trusted_ra_path(home)
+        if path is None:
+            return ()
+        try:
+            found = tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[cmp] trusted_ra_certificates: cannot read {path}: {exc}") from None
+        if not found:
+            raise ConfigError(f"[cmp] trusted_ra_certificates: no certificate in {path}")
+        return found
+
+    def to_table(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -54,6 +104,7 @@ class Settings:
     crl_refresh_minutes: int = 60
     ocsp_validity_minutes: int = 60
     ocsp_refresh_seconds: int = 300
+    cmp: CmpSettings = field(default_factory=CmpSettings)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,6 +170,7 @@ class Settings:
                 "validity_minutes": self.ocsp_validity_minutes,
                 "refresh_seconds": self.ocsp_refresh_seconds,
             },
+            "cmp": self.cmp.to_table(),
             **self.extra,
         }
         return tomli_w.dumps(data)
@@ -138,6 +190,25 @@ def _typed(section: dict[str, Any], key: str, kind: type, default: Any, where: s
     return value
 
 
+def _cmp_settings(section: dict[str, Any], home: Path) -> CmpSettings:
+    defaults = CmpSettings()
+    unknown = set(section) - set(vars(defaults))
+    if unknown:
+        raise ConfigError(f"[cmp] unknown key(s) {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for key, default in vars(defaults).items():
+        kind = bool if isinstance(default, bool) else int if isinstance(default, int) else str
+        values[key] = _typed(section, key, kind, default, "cmp")
+    for key, (low, high) in CMP_BOUNDS.items():
+        if not low <= values[key] <= high:
+            raise ConfigError(f"[cmp] {key} must be from {low} to {high}")
+    settings = CmpSettings(**values)
+    path = settings.trusted_ra_path(home)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"[cmp] trusted_ra_certificates: no file {path}")
+    return settings
+
+
 def load_settings(home: Path) -> Settings:
     path = home / CONFIG_NAME
     if not path.is_file():
@@ -151,7 +222,8 @@ def load_settings(home: Path) -> Settings:
     serve = _section(data, "serve")
     crl = _section(data, "crl")
     ocsp = _section(data, "ocsp")
-    known = {"instance", "token", "serve", "crl", "ocsp"}
+    cmp = _section(data, "cmp")
+    known = {"instance", "token", "serve", "crl", "ocsp", "cmp"}
     return Settings(
         home=home.resolve(),
         base_url=_typed(instance, "base_url", str, f"http://127.0.0.1:{DEFAULT_PORT}", "instance"),
@@ -173,6 +245,7 @@ def load_settings(home: Path) -> Settings:
         crl_refresh_minutes=_typed(crl, "refresh_minutes", int, 60, "crl"),
         ocsp_validity_minutes=_typed(ocsp, "validity_minutes", int, 60, "ocsp"),
         ocsp_refresh_seconds=_typed(ocsp, "refresh_seconds", int, 300, "ocsp"),
+        cmp=_cmp_settings(cmp, home.resolve()),
         extra={k: v for k, v in data.items() if k not in known},
     )
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from protocols.cmp import der
+from protocols.cmp import der, macs
 from protocols.cmp.protection import Signer
 
 
@@ -54,8 +54,21 @@ class ServerIdentity:
 @dataclass(frozen=True)
 class CmpPolicy:
     message_time_tolerance: timedelta = timedelta(minutes=10)  # RFC 9483 §3.1 messageTime
-    allow_implicit_confirm: bool = True  # RFC 4210 §5.1.1.1
+    # RFC 4210 §5.1.1.1; granted only when the issuing profile allows it too
+    # (the core's Issued.implicit_confirm).
+    allow_implicit_confirm: bool = True
     allow_unprotected_genm: bool = True  # caCerts are public (RFC 9483 §4.3.1)
+    max_mac_iterations: int = macs.MAX_ITERATIONS  # PBM / PBMAC1 iterationCount cap
+    # RFC 9483 §5.2, RFC 4211 §4: RAs whose signature-protected requests may
+    # carry raVerified POP; matched by certificate or by public key, no chain.
+    trusted_ras: tuple[x509.Certificate, ...] = ()
+
+    def trusted_ra(self, signer: x509.Certificate) -> x509.Certificate | None:
+        """The configured RA certificate the signer is, by DER or by SPKI."""
+        for ra in self.trusted_ras:
+            if ra == signer or ra.public_key() == signer.public_key():
+                return ra
+        return None
 
 
 @dataclass(frozen=True)

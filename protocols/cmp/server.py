@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from protocols.cmp import bodies, codec, messages, readers
@@ -51,6 +52,7 @@ from ra.requests import (
     RejectReason,
     Revoked,
     SharedSecretReference,
+    TrustedRa,
     VendorCertificate,
 )
 from ra.requests import Protocol as RequestProtocol
@@ -82,6 +84,7 @@ class _Exchange:
     secret: bytes | None = field(default=None, repr=False)
     mac: MacAlgorithm | None = None
     evidence: tuple[Evidence, ...] = ()
+    trusted_ra: x509.Certificate | None = None  # signed by an RA of policy.trusted_ras
 
     @property
     def transaction_id(self) -> bytes:
@@ -210,7 +213,7 @@ class CmpServer:
                 secret = self.mac_secret(reference, within) if reference else None
                 if secret is None:
                     raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
-                exchange.mac = verify_mac_protection(message, secret)
+                exchange.mac = verify_mac_protection(message, secret, self.policy.max_mac_iterations)
                 exchange.secret = secret
                 exchange.sender = "kid:" + (header.sender_kid or b"").hex()[:72]
                 exchange.evidence = (SharedSecretReference(reference),)
@@ -223,9 +226,18 @@ class CmpServer:
         signer_der = signer.public_bytes(serialization.Encoding.DER)
         exchange.sender = "cert:" + hashlib.sha256(signer_der).hexdigest()
         chain = message.extra_certs
+        if self.policy.trusted_ra(signer) is not None:
+            moment = self.clock()
+            if not signer.not_valid_before_utc <= moment <= signer.not_valid_after_utc:
+                raise CmpRefusal(FailInfo.SIGNER_NOT_TRUSTED, "the trusted RA's certificate is not valid now")
+            exchange.trusted_ra = signer
         if message.body_type in ("kur", "rr"):
             # RFC 4210 §5.3.5, RFC 9483 §4.1.3/§4.2: protected with the certificate to update or revoke.
             exchange.evidence = (CurrentCertificate(chain[0], tuple(chain[1:])),)
+        elif exchange.trusted_ra is not None:
+            # RFC 9483 §5.2: an RA forwards the request under its own protection
+            # and vouches for the device the template names.
+            exchange.evidence = (TrustedRa(signer),)
         else:
             # TS 33.310 §9.5.3: the vendor IDevID and its chain (the core also
             # recognises a certificate of ours, for cr with an operator certificate).
@@ -267,6 +279,11 @@ class CmpServer:
         except messages.CertRequestError as exc:
             self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
             raise CmpRefusal(exc.fail_info, str(exc)) from None
+        ra_verified = fields.pop is messages.Pop.RA_VERIFIED
+        if ra_verified and exchange.trusted_ra is None:
+            # RFC 4211 §4, RFC 9483 §5.2: only an RA the operator configured may vouch for POP.
+            self.transactions.record_rejected(exchange.transaction_id, exchange.sender)
+            raise CmpRefusal(FailInfo.BAD_POP, "raVerified POP is accepted only from a trusted RA")
         if message.body_type == "kur":
             try:
                 check_old_cert_id(fields.controls, exchange.evidence)
@@ -277,8 +294,8 @@ class CmpServer:
             protocol=RequestProtocol.CMP,
             operation=_OPERATION[message.body_type],
             public_key=fields.public_key,
-            # raVerified is no proof here: no RA is configured as trusted (RFC 4211 §4).
-            pop_verified=fields.pop_verified,
+            # raVerified reaches here only from a trusted RA (checked above).
+            pop_verified=fields.pop_verified or ra_verified,
             subject=fields.subject,
             sans=fields.sans,
             extensions=fields.extensions,
@@ -297,7 +314,13 @@ class CmpServer:
         reply_type = _REPLY_BODY[request_type]
         if isinstance(decision, Issued):
             certificate = decision.certificate.public_bytes(serialization.Encoding.DER)
-            implicit = exchange.message.header.implicit_confirm and self.policy.allow_implicit_confirm
+            # RFC 4210 §5.1.1.1: granted when the client asks, the instance
+            # allows it and the issuing profile does ([cmp], profiles.toml).
+            implicit = (
+                exchange.message.header.implicit_confirm
+                and self.policy.allow_implicit_confirm
+                and decision.implicit_confirm
+            )
             self.transactions.record_issued(
                 tid, sender, ca=exchange.route.ca, certificate=certificate,
                 serial=decision.certificate.serial_number, cert_req_id=cert_req_id, implicit_confirm=implicit,

@@ -39,6 +39,20 @@ def test_a_wrong_profile_file_is_refused_with_a_clear_message(change: str, messa
         parse_profiles(MINIMAL.replace(change, message))
 
 
+def test_implicit_confirm_defaults_to_true_and_reads_false() -> None:
+    assert parse_profiles(MINIMAL)["x"].implicit_confirm
+    assert not parse_profiles(MINIMAL + "implicit_confirm = false\n")["x"].implicit_confirm
+    with pytest.raises(ProfileError, match="implicit_confirm must be true or false"):
+        parse_profiles(MINIMAL + 'implicit_confirm = "no"\n')
+
+
+def test_default_profiles_grant_implicit_confirm_to_devices_only() -> None:
+    # Device certificates stay in the store and a device can enrol again;
+    # server and OCSP-signer certificates are confirmed or revoked.
+    granted = {name for name, profile in default_profiles().items() if profile.implicit_confirm}
+    assert granted == {"client", "enb", "ucpe", "phone"}
+
+
 def test_broken_toml_is_a_profile_error() -> None:
     with pytest.raises(ProfileError):
         parse_profiles("[profiles.x\n")

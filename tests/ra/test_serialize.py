@@ -25,6 +25,7 @@ from ra.requests import (
     Protocol,
     SharedSecretReference,
     TlsClientCertificate,
+    TrustedRa,
     VendorCertificate,
 )
 from ra.serialize import SerializationError, VerifiedHttpBasic, VerifiedOneTimePin, decode_request, encode_request
@@ -117,6 +118,7 @@ _plain_evidence = st.one_of(
     st.builds(TlsClientCertificate, _chain, st.one_of(st.none(), st.binary(min_size=1, max_size=48))),
     st.builds(SharedSecretReference, _text),
     st.builds(CurrentCertificate, st.sampled_from(CERTIFICATES), st.lists(st.sampled_from(CERTIFICATES), max_size=2).map(tuple)),
+    st.builds(TrustedRa, st.sampled_from(CERTIFICATES)),
 )
 _secret_evidence = st.one_of(st.builds(OneTimePin, _secret), st.builds(HttpBasic, _text, _secret))
 _moment = st.one_of(
