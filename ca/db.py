@@ -3,14 +3,17 @@ per-package Alembic histories, the store's errors and small value helpers."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 
 class StoreError(Exception):
@@ -82,3 +85,114 @@ def run_migrations(engine: Engine, script_location: Path, version_table: str) ->
             command.upgrade(config, "head")
     except OperationalError as exc:
         raise StoreError(f"cannot open the database: {exc.orig}") from None
+
+
+# -- units of work -----------------------------------------------------------------
+#
+# A protocol request touches several stores (nonce, rate counters, credential,
+# serial reservation, certificate, decision record, audit chain, CMP
+# transaction). Each store method opens its transaction with begin(engine);
+# inside unit_of_work(engine) they all share one connection and one
+# transaction, so a request costs as many commits as it has durability points
+# (commit_point: the serial and TBS before the token signs) instead of one per
+# store call, and what a request writes after signing lands together or not
+# at all. Outside a unit every store call is its own transaction, as before.
+
+
+@dataclass
+class _Unit:
+    engine: Engine
+    connection: Connection
+    transaction: RootTransaction
+
+
+_UNIT: ContextVar[_Unit | None] = ContextVar("ztpki_unit_of_work", default=None)
+
+
+def _unit_for(engine: Engine) -> _Unit | None:
+    unit = _UNIT.get()
+    return unit if unit is not None and unit.engine is engine else None
+
+
+@contextmanager
+def unit_of_work(engine: Engine) -> Iterator[None]:
+    """Run the store calls inside as one transaction (nested units join the outer).
+
+    Commits at the end; rolls back if an exception leaves the block (what a
+    commit_point inside already made durable stays). A failed commit is a
+    StoreError.
+    """
+    if _UNIT.get() is not None:
+        yield
+        return
+    with engine.connect() as connection:
+        unit = _Unit(engine, connection, connection.begin())
+        token = _UNIT.set(unit)
+        try:
+            yield
+        except BaseException:
+            _UNIT.reset(token)
+            if unit.transaction.is_active:
+                unit.transaction.rollback()
+            raise
+        _UNIT.reset(token)
+        try:
+            unit.transaction.commit()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the database did not take the request's writes: {exc}") from None
+
+
+@contextmanager
+def begin(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction: the unit's when one is open, else its own.
+
+    Inside a unit, a failed statement is not rolled back on its own on
+    PostgreSQL (the whole unit fails), so callers that expect conflicts use
+    INSERT ... ON CONFLICT rather than catching IntegrityError.
+    """
+    unit = _unit_for(engine)
+    if unit is not None:
+        yield unit.connection
+        return
+    with engine.begin() as connection:
+        yield connection
+
+
+@contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    """A connection for reading: the unit's (so a request sees its own writes) or a pooled one."""
+    unit = _unit_for(engine)
+    if unit is not None:
+        yield unit.connection
+        return
+    with engine.connect() as connection:
+        yield connection
+
+
+def commit_point(engine: Engine) -> None:
+    """Make what the current unit wrote durable now (e.g. before the token signs)."""
+    unit = _unit_for(engine)
+    if unit is None:
+        return
+    try:
+        unit.transaction.commit()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"the database did not take the request's writes: {exc}") from None
+    unit.transaction = unit.connection.begin()
+
+
+def in_unit(engine: Engine) -> bool:
+    return _unit_for(engine) is not None
+
+
+def insert_if_absent(connection: Connection, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING (SQLite and PostgreSQL): True if the
+    row went in, False if a unique key was taken. Fails no transaction, so it
+    is safe inside a unit of work."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).values(**values).on_conflict_do_nothing()
+    # RETURNING rather than rowcount: psycopg 3 reports -1 for this INSERT.
+    first_column = next(iter(table.primary_key.columns))
+    return connection.execute(statement.returning(first_column)).first() is not None

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
+from ca import db
 from ca.db import Conflict, NotFound, make_engine, now, run_migrations, serial_hex, utc
 from ca.schema import authorities, certificates, crls
 
@@ -162,7 +163,7 @@ class Store:
         self.engine.dispose()
 
     def _begin(self) -> Any:
-        return self.engine.begin()
+        return db.begin(self.engine)
 
     # -- authorities -------------------------------------------------------
 
@@ -203,21 +204,21 @@ class Store:
             )
 
     def authority(self, name: str) -> AuthorityRecord:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(authorities).where(authorities.c.name == name)).first()
         if row is None:
             raise NotFound(f"no CA named {name!r}")
         return _authority(row)
 
     def authority_by_id(self, authority_id: int) -> AuthorityRecord:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(authorities).where(authorities.c.id == authority_id)).first()
         if row is None:
             raise NotFound(f"no CA with id {authority_id}")
         return _authority(row)
 
     def list_authorities(self) -> list[AuthorityRecord]:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(select(authorities).order_by(authorities.c.id)).all()
         return [_authority(r) for r in rows]
 
@@ -256,6 +257,9 @@ class Store:
                 conn.execute(_RESERVE, row)
         except IntegrityError:
             raise Conflict(f"serial {serial_hex(serial)} is taken") from None
+        # Durable before the token signs (the kill -9 rule), also when the
+        # request runs in a unit of work that groups its other writes.
+        db.commit_point(self.engine)
 
     def _set_signed_state(self, authority_id: int, serial: int, status: str, der: bytes | None) -> None:
         with self._begin() as conn:
@@ -284,7 +288,7 @@ class Store:
         query = self._select_certificates().where(certificates.c.serial == serial_hex(serial))
         if authority is not None:
             query = query.where(authorities.c.name == authority)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(query).all()
         if not rows:
             raise NotFound(f"no certificate with serial {serial_hex(serial)}")
@@ -323,7 +327,7 @@ class Store:
             query = query.where(certificates.c.not_after < expiring_before)
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(query).all()
         return (_certificate(r) for r in rows)
 
@@ -389,7 +393,7 @@ class Store:
 
     def revoked_entries(self, authority_id: int) -> list[tuple[int, datetime, str]]:
         """Revoked and on-hold certificates that have not expired, for the CRL."""
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(
                 select(
                     certificates.c.serial,
@@ -429,7 +433,7 @@ class Store:
             )
 
     def latest_crl(self, authority_id: int) -> CrlRecord | None:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(
                 select(crls)
                 .where(crls.c.authority_id == authority_id)
@@ -449,5 +453,5 @@ class Store:
         query = select(func.count()).select_from(certificates)
         if status is not None:
             query = query.where(certificates.c.status == status)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             return int(conn.execute(query).scalar_one())

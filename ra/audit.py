@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import Engine, insert, select, update
 
+from ca import db
 from ca.db import now, utc
 from ra.schema import audit_head, audit_log
 
@@ -203,7 +204,7 @@ class AuditLog:
         # verify() will read back (tuples become lists, keys become strings).
         details_text = _canonical_json(details or {})
         details_value: dict[str, Any] = json.loads(details_text)
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             locked = conn.execute(
                 update(audit_head)
                 .where(audit_head.c.id == 1)
@@ -237,7 +238,7 @@ class AuditLog:
 
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last record; (0, GENESIS_HASH) for an empty log."""
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
         return int(row.seq), str(row.hash)
 
@@ -256,7 +257,7 @@ class AuditLog:
                 query = query.where(audit_log.c.seq > last)
             if device is not None:
                 query = query.where(audit_log.c.device == device)
-            with self.engine.connect() as conn:
+            with db.connect(self.engine) as conn:
                 rows = conn.execute(query).all()
             yield from rows
             if len(rows) < batch:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, select, update
 
+from ca import db
 from ca.db import Conflict, NotFound, now, utc
 from ra.schema import enrolment_requests
 
@@ -158,22 +158,21 @@ class PendingRequests:
             "created_at": at,
             "updated_at": at,
         }
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(_t).values(**row))
-        except IntegrityError:
+        with db.begin(self.engine) as conn:
+            inserted = db.insert_if_absent(conn, _t, row)
+        if not inserted:
             # Another worker (or an earlier try) created the transaction's
-            # row; its commit is visible once our INSERT has failed on it.
+            # row; its commit is visible once our INSERT has waited on it.
             existing = self.by_transaction(transaction_key)
             if existing is None:
-                raise Conflict(f"could not store transaction {transaction_key!r}") from None
+                raise Conflict(f"could not store transaction {transaction_key!r}")
             return existing
         return self._get(row["id"])
 
     # -- reading -------------------------------------------------------------
 
     def get(self, id: str) -> PendingRecord | None:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(_t).where(_t.c.id == id)).first()
         return _record(row) if row is not None else None
 
@@ -184,7 +183,7 @@ class PendingRequests:
         return record
 
     def by_transaction(self, transaction_key: str) -> PendingRecord | None:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(_t).where(_t.c.transaction_key == transaction_key)).first()
         return _record(row) if row is not None else None
 
@@ -197,7 +196,7 @@ class PendingRequests:
             query = query.where(_t.c.device_serial == device)
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             return [_record(row) for row in conn.execute(query)]
 
     # -- deciding ------------------------------------------------------------
@@ -234,7 +233,7 @@ class PendingRequests:
         """One atomic UPDATE ... WHERE status IN sources; None when the row
         is missing or in another state (the WHERE decides, not a prior read)."""
         _check_lengths(values)
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             row = conn.execute(
                 update(_t)
                 .where(_t.c.id == id, _t.c.status.in_(sources))

@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from sqlalchemy import Engine, Executable, delete
+from sqlalchemy import Engine, Executable, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ca import db
 from ra.schema import rate_counters
 
 # A key's window may not be longer than this: old rows are deleted once
@@ -94,16 +95,25 @@ class RateLimiter:
         # One lock order for every caller, so two requests sharing keys
         # cannot deadlock on PostgreSQL.
         ordered = sorted(keys)
-        with self.engine.connect() as conn:
-            with conn.begin() as transaction:
-                for key, limit, window in ordered:
-                    start = _window_start(moment, window)
-                    count = conn.execute(self._increment(_stored_key(key), start)).scalar_one()
-                    if count > limit:
-                        wait = max(1, math.ceil(start + window - moment))
-                        retry_after = wait if retry_after is None else max(retry_after, wait)
-                if retry_after is not None:
-                    transaction.rollback()
+        counted: list[tuple[str, int]] = []
+        with db.begin(self.engine) as conn:
+            for key, limit, window in ordered:
+                start = _window_start(moment, window)
+                stored = _stored_key(key)
+                count = conn.execute(self._increment(stored, start)).scalar_one()
+                counted.append((stored, start))
+                if count > limit:
+                    wait = max(1, math.ceil(start + window - moment))
+                    retry_after = wait if retry_after is None else max(retry_after, wait)
+            if retry_after is not None:
+                # Take the increments back in the same transaction (the
+                # request's unit of work may hold other writes to keep).
+                for stored, start in counted:
+                    conn.execute(
+                        update(rate_counters)
+                        .where(rate_counters.c.key == stored, rate_counters.c.window_start == start)
+                        .values(count=rate_counters.c.count - 1)
+                    )
         if self.cleanup_every > 0 and random.randrange(self.cleanup_every) == 0:
             self.delete_old(moment)
         return retry_after
@@ -112,7 +122,7 @@ class RateLimiter:
         """Delete windows older than two of the longest allowed windows."""
         moment = self.clock() if moment is None else moment
         horizon = int(moment) - 2 * MAX_WINDOW_SECONDS
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             result = conn.execute(delete(rate_counters).where(rate_counters.c.window_start < horizon))
         return int(result.rowcount)
 

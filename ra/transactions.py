@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, delete, select, update
 
+from ca import db
 from ca.db import now
 from ra.schema import cmp_nonces, cmp_transactions
 
@@ -88,11 +88,9 @@ class CmpTransactions:
     def first_use_of_nonce(self, nonce: bytes) -> bool:
         """Record a request's senderNonce; False if it was seen before (a replay)."""
         stamp = now()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(cmp_nonces).values(nonce=nonce.hex()[:128], seen_at=stamp))
-        except IntegrityError:
-            return False
+        with db.begin(self.engine) as conn:
+            if not db.insert_if_absent(conn, cmp_nonces, {"nonce": nonce.hex()[:128], "seen_at": stamp}):
+                return False
         self._purge(stamp)
         return True
 
@@ -102,7 +100,7 @@ class CmpTransactions:
         if self._last_purge is not None and stamp - self._last_purge < timedelta(minutes=1):
             return
         self._last_purge = stamp
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             conn.execute(delete(cmp_nonces).where(cmp_nonces.c.seen_at < stamp - self.nonce_memory))
 
     # -- transactions --------------------------------------------------------
@@ -110,24 +108,18 @@ class CmpTransactions:
     def begin(self, transaction_id: bytes, sender: str, body_type: str) -> bool:
         """Start a transaction; False if this sender already used the transactionID."""
         stamp = now()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(cmp_transactions).values(
-                        transaction_id=transaction_id.hex(),
-                        sender=sender,
-                        body_type=body_type,
-                        status=OPEN,
-                        created_at=stamp,
-                        expires_at=stamp + self.confirm_wait,
-                    )
-                )
-        except IntegrityError:
-            return False
-        return True
+        with db.begin(self.engine) as conn:
+            return db.insert_if_absent(conn, cmp_transactions, {
+                "transaction_id": transaction_id.hex(),
+                "sender": sender,
+                "body_type": body_type,
+                "status": OPEN,
+                "created_at": stamp,
+                "expires_at": stamp + self.confirm_wait,
+            })
 
     def get(self, transaction_id: bytes, sender: str) -> CmpTransaction | None:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(
                 select(cmp_transactions).where(
                     cmp_transactions.c.transaction_id == transaction_id.hex(),
@@ -137,7 +129,7 @@ class CmpTransactions:
         return _row(row) if row is not None else None
 
     def _move(self, transaction_id: bytes, sender: str, from_states: tuple[str, ...], **values: object) -> bool:
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             result = conn.execute(
                 update(cmp_transactions)
                 .where(
@@ -187,7 +179,7 @@ class CmpTransactions:
 
     def confirm(self, transaction_id: bytes, sender: str) -> bool:
         """certConf accepted (RFC 4210 §5.3.18); False unless it was awaiting one in time."""
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             result = conn.execute(
                 update(cmp_transactions)
                 .where(
@@ -210,7 +202,7 @@ class CmpTransactions:
 
     def expire_unconfirmed(self) -> int:
         """Revoke certificates whose certConf never came (RFC 4210 §5.3.18); how many."""
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(
                 select(cmp_transactions).where(
                     cmp_transactions.c.status == AWAITING_CONFIRM, cmp_transactions.c.expires_at <= now()

@@ -24,10 +24,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ca import db
 from ca.db import now, utc
 from vendor_trust.identity import DeviceIdentity, read_identity
 from vendor_trust.schema import vendor_anchors, vendor_crls, vendors
-from vendor_trust.trust_crls import ParsedCrl, RevocationChecker, parse_crl, refusal_to_replace, signed_by
+from vendor_trust.trust_crls import (
+    ParsedCrl,
+    RevocationChecker,
+    parse_crl,
+    refusal_to_replace,
+    signed_by,
+)
 from vendor_trust.trust_errors import (
     BadIdentity,
     CertificateExpired,
@@ -49,8 +56,8 @@ from vendor_trust.trust_path import (
     MAX_CHAIN_LENGTH,
     Anchor,
     candidate_paths,
-    check_anchor_certificate,
     check_algorithms,
+    check_anchor_certificate,
     check_structure,
     check_validity,
     fingerprint,
@@ -126,7 +133,7 @@ class VendorTrust:
     def add_vendor(self, name: str, *, exist_ok: bool = False) -> VendorInfo:
         _check_vendor_name(name)
         try:
-            with self.engine.begin() as conn:
+            with db.begin(self.engine) as conn:
                 if conn.execute(select(vendors.c.id).where(vendors.c.name == name)).first() is None:
                     conn.execute(insert(vendors).values(name=name, created_at=now()))
                 elif not exist_ok:
@@ -138,7 +145,7 @@ class VendorTrust:
 
     def remove_vendor(self, name: str) -> None:
         """Removes the vendor with its anchors and CRLs: its devices are no longer trusted."""
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             vendor_id = _vendor_id(conn, name)
             # Explicit rather than relying on ON DELETE CASCADE, which SQLite
             # applies only when the connection enabled foreign keys.
@@ -158,7 +165,7 @@ class VendorTrust:
             .outerjoin(crl_counts, crl_counts.c.vendor_id == vendors.c.id)
             .order_by(vendors.c.name)
         )
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             return [
                 VendorInfo(row.name, row.anchors or 0, row.crls or 0, utc(row.created_at))
                 for row in conn.execute(query)
@@ -184,7 +191,7 @@ class VendorTrust:
             raise DuplicateAnchor("the same certificate is given twice")
         added = now()
         try:
-            with self.engine.begin() as conn:
+            with db.begin(self.engine) as conn:
                 vendor_id = _vendor_id(conn, vendor)
                 taken = conn.execute(
                     select(vendor_anchors.c.fingerprint, vendors.c.name)
@@ -212,7 +219,7 @@ class VendorTrust:
 
     def remove_anchor(self, fingerprint_hex: str) -> AnchorInfo:
         wanted = normalise_fingerprint(fingerprint_hex)
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             row = conn.execute(_anchor_query().where(vendor_anchors.c.fingerprint == wanted)).first()
             if row is None:
                 raise UnknownAnchor(f"no trust anchor with fingerprint {wanted}")
@@ -222,7 +229,7 @@ class VendorTrust:
 
     def anchors(self, vendor: str | None = None) -> list[AnchorInfo]:
         query = _anchor_query().order_by(vendors.c.name, vendor_anchors.c.added_at)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             if vendor is not None:
                 _vendor_id(conn, vendor)
                 query = query.where(vendors.c.name == vendor)
@@ -237,7 +244,7 @@ class VendorTrust:
             return index
         by_subject: dict[x509.Name, list[Anchor]] = {}
         by_fingerprint: dict[str, Anchor] = {}
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(_anchor_query()).all()
         for row in rows:
             try:
@@ -281,7 +288,7 @@ class VendorTrust:
             loaded_at=now(),
         )
         try:
-            with self.engine.begin() as conn:
+            with db.begin(self.engine) as conn:
                 vendor_id = _vendor_id(conn, vendor)
                 key = (vendor_crls.c.vendor_id == vendor_id) & (vendor_crls.c.issuer_key_id == parsed.issuer_key_id)
                 stored = conn.execute(select(vendor_crls.c.der).where(key)).first()

@@ -27,8 +27,15 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import Engine, false, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ca import db
 from ca.db import now, utc
-from vendor_trust.hashing import DEFAULT_COST, ScryptCost, dummy_hash, hash_secret, verify_secret
+from vendor_trust.hashing import (
+    DEFAULT_COST,
+    ScryptCost,
+    dummy_hash,
+    hash_secret,
+    verify_secret,
+)
 from vendor_trust.schema import credentials
 
 CredentialKind = Literal["mac", "password"]
@@ -191,7 +198,7 @@ class Credentials:
             raise ValueError("max_uses must be at least 1")
         stamp = now()
         try:
-            with self.engine.begin() as conn:
+            with db.begin(self.engine) as conn:
                 conn.execute(
                     insert(credentials).values(
                         reference=reference,
@@ -264,7 +271,7 @@ class Credentials:
     # -- using ------------------------------------------------------------------------
 
     def info(self, reference: str) -> CredentialInfo | None:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(*_INFO_COLUMNS).where(credentials.c.reference == reference)).first()
         return _info(row) if row is not None else None
 
@@ -275,7 +282,7 @@ class Credentials:
         pollReq) whose first message took the credential's last use.
         A sealer error (a tampered row, the wrong key) propagates: it is a
         system failure, not a bad credential."""
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(
                 select(*_INFO_COLUMNS, credentials.c.sealed_secret).where(
                     credentials.c.reference == reference, credentials.c.kind == "mac"
@@ -299,7 +306,7 @@ class Credentials:
     def _use(self, reference: str) -> CredentialInfo | None:
         """One use, atomically: the row after it, or None if none was left."""
         stamp = now()
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             row = conn.execute(
                 update(credentials)
                 .where(
@@ -325,7 +332,7 @@ class Credentials:
         tell which usernames exist. The hash is checked outside any
         transaction (it takes ~50 ms); the use that follows is atomic.
         """
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(
                 select(credentials.c.password_hash).where(
                     credentials.c.reference == username, credentials.c.kind == "password"
@@ -346,7 +353,7 @@ class Credentials:
     # -- administration -----------------------------------------------------------------
 
     def revoke(self, reference: str) -> None:
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             result = conn.execute(
                 update(credentials).where(credentials.c.reference == reference).values(revoked=True)
             )
@@ -359,5 +366,5 @@ class Credentials:
             query = query.where(credentials.c.device_serial == device_serial)
         if batch is not None:
             query = query.where(credentials.c.batch == batch)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             return [_info(row) for row in conn.execute(query)]

@@ -21,8 +21,15 @@ from typing import Any, Literal, NoReturn
 
 from sqlalchemy import Engine, case, insert, select, update
 
+from ca import db
 from ca.db import now, utc
-from vendor_trust.hashing import DEFAULT_COST, ScryptCost, dummy_hash, hash_secret, verify_secret
+from vendor_trust.hashing import (
+    DEFAULT_COST,
+    ScryptCost,
+    dummy_hash,
+    hash_secret,
+    verify_secret,
+)
 from vendor_trust.schema import pins
 
 PinState = Literal["active", "used", "locked", "revoked"]
@@ -114,7 +121,7 @@ class Pins:
         pin = "".join(secrets.choice(ALPHABET) for _ in range(PIN_LENGTH))
         pin_hash = hash_secret(_hash_input(device_serial, pin), self.cost)
         stamp = now()
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             conn.execute(
                 update(pins)
                 .where(pins.c.device_serial == device_serial, pins.c.state == "active")
@@ -133,7 +140,7 @@ class Pins:
         return format_pin(pin)
 
     def _latest(self, device_serial: str) -> Any:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             return conn.execute(
                 select(*_INFO_COLUMNS, pins.c.pin_hash)
                 .where(pins.c.device_serial == device_serial)
@@ -143,7 +150,7 @@ class Pins:
 
     def _reason_now(self, pin_id: int) -> RejectReason:
         """Why a conditional update on this PIN found nothing to change."""
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(*_INFO_COLUMNS).where(pins.c.id == pin_id)).first()
         if row is None:
             return "no_pin"
@@ -170,7 +177,7 @@ class Pins:
             raise PinRejected("expired")
         if not matches:
             self._count_failure(row.id)
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             used = conn.execute(
                 update(pins)
                 .where(pins.c.id == row.id, pins.c.state == "active", pins.c.expires_at > stamp)
@@ -180,7 +187,7 @@ class Pins:
             raise PinRejected(self._reason_now(row.id))
 
     def _count_failure(self, pin_id: int) -> NoReturn:
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             state = conn.execute(
                 update(pins)
                 .where(pins.c.id == pin_id, pins.c.state == "active")
@@ -200,7 +207,7 @@ class Pins:
         query = select(*_INFO_COLUMNS).order_by(pins.c.id)
         if device_serial is not None:
             query = query.where(pins.c.device_serial == device_serial)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             return [_pin_info(row) for row in conn.execute(query)]
 
     def revoke(self, device_serial: str | None = None, *, pin_id: int | None = None) -> int:
@@ -212,5 +219,5 @@ class Pins:
             query = query.where(pins.c.device_serial == device_serial)
         else:
             query = query.where(pins.c.id == pin_id)
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             return int(conn.execute(query.values(state="revoked")).rowcount)

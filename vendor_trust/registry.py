@@ -31,6 +31,7 @@ from sqlalchemy import Engine, func, insert, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
+from ca import db
 from ca.db import now, utc
 from vendor_trust.schema import devices
 
@@ -251,7 +252,7 @@ class DeviceRegistry:
     # -- reading ------------------------------------------------------------------
 
     def get(self, serial: str) -> Device | None:
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             row = conn.execute(select(*_COLUMNS).where(devices.c.serial == serial.strip())).first()
         return _device(row) if row is not None else None
 
@@ -272,7 +273,7 @@ class DeviceRegistry:
             query = query.where(devices.c.imei == validate_imei(imei))
         if hnb_id is not None:
             query = query.where(devices.c.hnb_id == hnb_id.strip())
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(query.limit(2)).all()
         if len(rows) > 1:
             raise AmbiguousIdentifier("several devices have these identifiers; give the serial")
@@ -300,7 +301,7 @@ class DeviceRegistry:
         after = 0
         while remaining is None or remaining > 0:
             page = _PAGE if remaining is None else min(_PAGE, remaining)
-            with self.engine.connect() as conn:
+            with db.connect(self.engine) as conn:
                 rows = conn.execute(base.where(devices.c.id > after).limit(page)).all()
             for row in rows:
                 yield _device(row)
@@ -312,7 +313,7 @@ class DeviceRegistry:
 
     def counts(self) -> dict[str, int]:
         """Devices per state, and 'total'."""
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(select(devices.c.state, func.count()).group_by(devices.c.state)).all()
         result = {state: 0 for state in DEVICE_STATES}
         for state, count in rows:
@@ -354,7 +355,7 @@ class DeviceRegistry:
             updated_at=stamp,
         )
         try:
-            with self.engine.begin() as conn:
+            with db.begin(self.engine) as conn:
                 row = conn.execute(insert(devices).values(**values).returning(*_COLUMNS)).one()
         except IntegrityError:
             raise DeviceExists(f"a device with serial {values['serial']!r} exists already") from None
@@ -362,7 +363,7 @@ class DeviceRegistry:
 
     def _update_one(self, serial: str, condition: Any, **values: Any) -> Device | None:
         """Apply values where the condition holds; the new row, or None if it did not."""
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             row = conn.execute(
                 update(devices)
                 .where(devices.c.serial == serial.strip(), condition)
@@ -387,7 +388,7 @@ class DeviceRegistry:
             query = query.where(devices.c.model == model)
         if only_unassigned:
             query = query.where(devices.c.profile.is_(None))
-        with self.engine.begin() as conn:
+        with db.begin(self.engine) as conn:
             result = conn.execute(query.values(profile=clean_text("profile", profile), updated_at=now()))
         return int(result.rowcount)
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 from sqlalchemy import Engine, select
 
+from ca import db
 from vendor_trust.schema import vendor_crls
 from vendor_trust.trust_errors import CertificateRevoked, CrlRefused
 from vendor_trust.trust_names import describe
@@ -210,7 +211,7 @@ class RevocationChecker:
 
     def _crls(self, keys: set[str]) -> list[tuple[int, tuple[Any, ...], ParsedCrl]]:
         columns = (vendor_crls.c.id, vendor_crls.c.crl_number, vendor_crls.c.this_update, vendor_crls.c.loaded_at)
-        with self.engine.connect() as conn:
+        with db.connect(self.engine) as conn:
             rows = conn.execute(select(*columns).where(vendor_crls.c.issuer_key_id.in_(sorted(keys)))).all()
             if len(self._parsed) >= _MAX_CACHED:
                 self._parsed.clear()

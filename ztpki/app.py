@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ca.issuer import UnknownAuthority
 from ca.protection_identity import due_for_renewal
 from ca.ocsp import INTERNAL_ERROR, MALFORMED
+from ca import db
 from ca.db import NotFound, StoreError
 from protocols.cmp import http as cmp_http
 from protocols.cmp.server import CmpServer, RefusalRecord, Route, ServerIdentity
@@ -108,6 +109,7 @@ def cmp_server_for(instance: Instance) -> CmpServer:
         route=route_of,
         current_crl=current_crl,
         audit=lambda record: _audit_refusal(instance, record),
+        unit_of_work=lambda: db.unit_of_work(instance.engine),
         policy=instance.cmp_policy,
     )
 

@@ -14,12 +14,13 @@ was: with the same shared secret, or signed by the server's protection key
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -108,6 +109,7 @@ class CmpServer:
         audit: Callable[[RefusalRecord], None] | None = None,
         policy: CmpPolicy = CmpPolicy(),
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        unit_of_work: Callable[[], ContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         """mac_secret(reference, within_transaction): the shared secret behind
         a senderKID, or None; within_transaction for certConf and pollReq,
@@ -123,6 +125,7 @@ class CmpServer:
         self.audit = audit
         self.policy = policy
         self.clock = clock
+        self.unit_of_work = unit_of_work
         self._last_expiry: datetime | None = None
 
     # -- the entry point ------------------------------------------------------------
@@ -148,15 +151,20 @@ class CmpServer:
         exchange = _Exchange(message, route, self.identity(route), peer)
         try:
             self._expire_now_and_then()
-            self._check(exchange)
-            return self._ok(self._dispatch(exchange))
-        except CmpRefusal as refusal:
-            log.info("CMP %s from %s refused: %s", message.body_type, peer, refusal.text)
-            self._record(RefusalRecord(
-                message.body_type, fail_info_name(refusal.fail_info), refusal.text, peer,
-                exchange.transaction_id.hex() or None, exchange.sender or None,
-            ))
-            return self._ok(self._error(exchange, refusal.fail_info, refusal.text))
+            # One unit of work per message: its store writes (nonce,
+            # transaction, the core's records, the audit) commit together
+            # before the reply leaves, refusals included.
+            with self.unit_of_work():
+                try:
+                    self._check(exchange)
+                    return self._ok(self._dispatch(exchange))
+                except CmpRefusal as refusal:
+                    log.info("CMP %s from %s refused: %s", message.body_type, peer, refusal.text)
+                    self._record(RefusalRecord(
+                        message.body_type, fail_info_name(refusal.fail_info), refusal.text, peer,
+                        exchange.transaction_id.hex() or None, exchange.sender or None,
+                    ))
+                    return self._ok(self._error(exchange, refusal.fail_info, refusal.text))
         except Exception:
             log.exception("CMP %s from %s: unexpected failure", message.body_type, peer)
             return self._ok(self._error(exchange, FailInfo.SYSTEM_FAILURE, "internal error"))

@@ -1,0 +1,101 @@
+"""Units of work (ca/db.py) on SQLite and PostgreSQL: one transaction for a
+request's store calls, a commit point that stays durable, conflicts that do
+not poison the unit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from ca import db
+from ca.db import now, serial_hex
+from ca.schema import certificates
+from ca.store import Store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'units.db'}"
+    else:
+        url = request.getfixturevalue("postgres_db_url")
+    store = Store.open(url)
+    yield store
+    store.close()
+
+
+def _authority(store: Store) -> int:
+    return store.add_authority(
+        name="issuing", kind="issuing", parent_id=None, key_label="k", sign_algorithm="ecdsa-sha256",
+        certificate=b"\x30\x00",
+    ).id
+
+
+def _reserve(store: Store, authority_id: int, serial: int) -> None:
+    store.reserve_serial(
+        authority_id=authority_id, serial=serial, tbs=b"tbs", subject="CN=x", sans=[], device_id="dev-1",
+        profile="client", not_before=now(), not_after=now() + timedelta(days=1),
+    )
+
+
+def _status(store: Store, serial: int) -> str | None:
+    # A separate connection: sees only what was committed.
+    with store.engine.connect() as conn:
+        row = conn.execute(select(certificates.c.status).where(certificates.c.serial == serial_hex(serial))).first()
+    return row.status if row is not None else None
+
+
+class Boom(Exception):
+    pass
+
+
+def test_writes_in_a_unit_are_invisible_until_it_commits(any_store: Store) -> None:
+    authority = _authority(any_store)
+    _reserve(any_store, authority, 1)
+    with db.unit_of_work(any_store.engine):
+        any_store.complete_issuance(authority, 1, b"\x30\x03\x02\x01\x01")
+        assert any_store.certificate(1).status == "valid"  # the unit reads its own writes
+        assert _status(any_store, 1) == "signing"  # others do not, yet
+    assert _status(any_store, 1) == "valid"
+
+
+def test_an_exception_rolls_the_unit_back_but_not_its_commit_point(any_store: Store) -> None:
+    authority = _authority(any_store)
+    with pytest.raises(Boom):
+        with db.unit_of_work(any_store.engine):
+            _reserve(any_store, authority, 2)  # reserve_serial is a commit point (record before sign)
+            any_store.complete_issuance(authority, 2, b"\x30\x03\x02\x01\x02")
+            raise Boom
+    assert _status(any_store, 2) == "signing"
+
+
+def test_nested_units_join_the_outer_one(any_store: Store) -> None:
+    authority = _authority(any_store)
+    _reserve(any_store, authority, 3)
+    with pytest.raises(Boom):
+        with db.unit_of_work(any_store.engine):
+            with db.unit_of_work(any_store.engine):
+                any_store.complete_issuance(authority, 3, b"\x30\x03\x02\x01\x03")
+            assert _status(any_store, 3) == "signing"  # the inner unit did not commit
+            raise Boom
+    assert _status(any_store, 3) == "signing"
+
+
+def test_insert_if_absent_reports_a_taken_key_and_keeps_the_unit_usable(any_store: Store) -> None:
+    from ra.db import migrate
+    from ra.schema import cmp_nonces  # any table with a unique key will do
+
+    migrate(any_store.engine)
+    authority = _authority(any_store)
+    _reserve(any_store, authority, 4)
+    with db.unit_of_work(any_store.engine):
+        with db.begin(any_store.engine) as conn:
+            assert db.insert_if_absent(conn, cmp_nonces, {"nonce": "aa", "seen_at": now()})
+            assert not db.insert_if_absent(conn, cmp_nonces, {"nonce": "aa", "seen_at": now()})
+        # PostgreSQL would refuse every later statement had the INSERT failed
+        any_store.complete_issuance(authority, 4, b"\x30\x03\x02\x01\x04")
+    assert _status(any_store, 4) == "valid"
