@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
-from pyasn1_alt_modules import rfc4210, rfc8018
+from pyasn1_alt_modules import rfc8018
 
+from protocols.cmp import der
 from protocols.cmp.header import AlgorithmId
 
 ID_PASSWORD_BASED_MAC = "1.2.840.113533.7.66.13"  # RFC 4210 §5.1.3.1
@@ -135,12 +136,17 @@ class PasswordBasedMac:
         return hmac.new(self.key(secret), data, HMAC_BY_OID[self.mac_oid]).digest()
 
     def algorithm_id(self) -> AlgorithmId:
-        params = rfc4210.PBMParameter()
-        params["salt"] = self.salt
-        params["owf"]["algorithm"] = univ.ObjectIdentifier(self.owf_oid)
-        params["iterationCount"] = self.iterations
-        params["mac"]["algorithm"] = univ.ObjectIdentifier(self.mac_oid)
-        return AlgorithmId(ID_PASSWORD_BASED_MAC, bytes(encoder.encode(params)))
+        # PBMParameter ::= SEQUENCE { salt OCTET STRING, owf AlgorithmIdentifier,
+        #   iterationCount INTEGER, mac AlgorithmIdentifier } (RFC 4211 §4.4),
+        # written with der.py: on every MAC-protected reply, pyasn1 cost more
+        # than the MAC itself.
+        params = der.wrap(der.TAG_SEQUENCE, b"".join((
+            der.wrap(der.TAG_OCTET_STRING, self.salt),
+            der.wrap(der.TAG_SEQUENCE, der.encode_oid(self.owf_oid)),
+            der.encode_integer(self.iterations),
+            der.wrap(der.TAG_SEQUENCE, der.encode_oid(self.mac_oid)),
+        )))
+        return AlgorithmId(ID_PASSWORD_BASED_MAC, params)
 
     def with_fresh_salt(self) -> PasswordBasedMac:
         return replace(self, salt=os.urandom(max(16, len(self.salt))))
@@ -149,18 +155,59 @@ class PasswordBasedMac:
 def parse_password_based_mac(parameters: bytes | None, max_iterations: int = MAX_ITERATIONS) -> PasswordBasedMac:
     """Read and bound PBMParameter (RFC 4210 §5.1.3.1); max_iterations is the
     operator's cap ([cmp] max_mac_iterations)."""
-    params = _decode(parameters, rfc4210.PBMParameter())
-    owf = str(params["owf"]["algorithm"])
+    salt, owf, iterations, mac = _read_pbm_parameter(parameters)
     if owf not in OWF_BY_OID:
         raise MacParameterError("unsupported PBM one-way function %s" % owf)
-    mac = str(params["mac"]["algorithm"])
     _hmac_name(mac, HMAC_BY_OID)
     return PasswordBasedMac(
-        salt=_check_salt(bytes(params["salt"])),
+        salt=_check_salt(salt),
         owf_oid=owf,
-        iterations=_check_iterations(int(params["iterationCount"]), max_iterations),
+        iterations=_check_iterations(iterations, max_iterations),
         mac_oid=mac,
     )
+
+
+def _read_pbm_parameter(data: bytes | None) -> tuple[bytes, str, int, str]:
+    """(salt, owf OID, iterationCount, mac OID) of a DER PBMParameter (RFC 4211 §4.4).
+
+    Read with der.py (every MAC-protected request has one); the algorithm
+    parameters of owf and mac, which RFC 9481 §6.1.1 leaves absent or NULL,
+    are not looked at.
+    """
+    if data is None:
+        raise MacParameterError("MAC algorithm without parameters")
+    try:
+        top = der.read_tlv(data, 0)
+        if top.tag != der.TAG_SEQUENCE or top.end != len(data):
+            raise der.DerError("PBMParameter is not one SEQUENCE")
+        parts = der.children(data, top)
+        if len(parts) != 4:
+            raise der.DerError("PBMParameter needs four fields")
+        salt, owf, count, mac = parts
+        if salt.tag != der.TAG_OCTET_STRING or count.tag != der.TAG_INTEGER:
+            raise der.DerError("PBMParameter salt or iterationCount of the wrong type")
+        return salt.value(data), _algorithm_oid(data, owf), _positive_integer(count.value(data)), _algorithm_oid(data, mac)
+    except der.DerError as exc:
+        raise MacParameterError("MAC parameters do not decode: %s" % exc) from None
+
+
+def _algorithm_oid(data: bytes, element: der.Tlv) -> str:
+    if element.tag != der.TAG_SEQUENCE:
+        raise der.DerError("AlgorithmIdentifier is not a SEQUENCE")
+    parts = der.children(data, element)
+    if not 1 <= len(parts) <= 2 or parts[0].tag != der.TAG_OID:
+        raise der.DerError("AlgorithmIdentifier without an OID")
+    return der.decode_oid(parts[0].value(data))
+
+
+def _positive_integer(content: bytes) -> int:
+    if not content or (len(content) > 1 and (content[0] == 0 and not content[1] & 0x80 or content[0] == 0xFF and content[1] & 0x80)):
+        raise der.DerError("INTEGER not minimally encoded")
+    if content[0] & 0x80:
+        raise der.DerError("negative iterationCount")
+    if len(content) > 8:
+        raise der.DerError("iterationCount too large")
+    return int.from_bytes(content, "big")
 
 
 @dataclass(frozen=True)
