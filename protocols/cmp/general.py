@@ -60,13 +60,28 @@ def _crl_status_times(value: bytes | None) -> list[datetime | None]:
         raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "crlStatusList without a value")
     found: list[datetime | None] = []
     try:
-        for status in der.children(value, der.read_tlv(value, 0)):
-            parts = der.children(value, status)
+        outer = der.read_tlv(value, 0)
+        statuses = der.children(value, outer)
+        # CRLStatusListValue ::= SEQUENCE SIZE (1..MAX) OF CRLStatus, CRLStatus ::=
+        # SEQUENCE { source CRLSource ([0] or [1]), thisUpdate Time OPTIONAL }
+        # (RFC 9480 §2.16); a NULL or an empty list was read as "no CRL held".
+        if outer.tag != der.TAG_SEQUENCE or outer.end != len(value) or not statuses:
+            raise der.DerError("not a non-empty SEQUENCE OF CRLStatus")
+        for status in statuses:
+            parts = der.children(value, status) if status.tag == der.TAG_SEQUENCE else []
+            if not 1 <= len(parts) <= 2 or parts[0].tag not in (0xA0, 0xA1) or (
+                len(parts) == 2 and parts[1].tag not in (0x17, 0x18)
+            ):
+                raise der.DerError("CRLStatus is not source and optional thisUpdate")
             moment = None
             if len(parts) > 1 and parts[1].tag in (0x17, 0x18):
                 text = parts[1].value(value).decode("ascii")
                 pattern = "%y%m%d%H%M%SZ" if parts[1].tag == 0x17 else "%Y%m%d%H%M%SZ"
                 moment = datetime.strptime(text, pattern).replace(tzinfo=timezone.utc)
+                if parts[1].tag == 0x17 and moment.year >= 2050:
+                    # RFC 5280 §4.1.2.5.1: UTCTime YY of 50 and above is 19YY
+                    # (strptime reads 50..68 as 20YY: a 1960 CRL looked current).
+                    moment = moment.replace(year=moment.year - 100)
             found.append(moment)
     except (der.DerError, ValueError, UnicodeDecodeError) as exc:
         raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, "crlStatusList does not parse: %s" % exc) from None

@@ -38,6 +38,9 @@ _POP_RA_VERIFIED = 0x80
 _POP_SIGNATURE = 0xA1
 _POPOSK_INPUT = 0xA0
 _TAG_BIT_STRING = 0x03
+# certReqId of one CertReqMsg (RFC 4211 §5): non-negative (-1 is p10cr's, RFC
+# 4210 §5.3.4) and small enough for the transaction store's INTEGER column.
+MAX_CERT_REQ_ID = 2**31 - 1
 
 
 class Pop(str, enum.Enum):
@@ -225,6 +228,10 @@ def _cert_req_msg(data: bytes, element: der.Tlv) -> CertRequestFields:
     if len(request_parts) < 2 or request_parts[1].tag != der.TAG_SEQUENCE:
         raise CertRequestError("CertRequest without certTemplate", FailInfo.BAD_DATA_FORMAT)
     cert_req_id = _read_int(data, request_parts[0])
+    if not 0 <= cert_req_id <= MAX_CERT_REQ_ID:
+        # RFC 9483 §4.1.1 asks for 0; the transaction store keeps a 64-bit
+        # integer, so a larger one was issued for, then failed (fuzzing).
+        raise CertRequestError("certReqId %s is out of range" % str(cert_req_id)[:24], FailInfo.BAD_REQUEST)
     controls = _controls(data, request_parts[2]) if len(request_parts) > 2 else ()
     fields = {item.tag: item for item in der.children(data, request_parts[1])}
     subject_der = b"\x30\x00"

@@ -81,7 +81,11 @@ def cert_confirmations(message: codec.PkiMessage) -> tuple[CertConfirmation, ...
         if status["hashAlg"].isValue:
             params = status["hashAlg"]["parameters"]
             hash_alg = AlgorithmId(str(status["hashAlg"]["algorithm"]), bytes(params) if params.isValue else None)
-        info = status_info_from_asn1(status["statusInfo"]) if status["statusInfo"].isValue else None
+        try:
+            info = status_info_from_asn1(status["statusInfo"]) if status["statusInfo"].isValue else None
+        except ValueError:
+            # A PKIStatus outside RFC 4210 §5.2.3's 0..6 (fuzzing: it was a systemFailure).
+            raise BodyError("certConf statusInfo has an unknown PKIStatus", FailInfo.BAD_DATA_FORMAT) from None
         found.append(CertConfirmation(bytes(status["certHash"]), int(status["certReqId"]), info, hash_alg))
     return tuple(found)
 
