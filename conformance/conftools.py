@@ -193,9 +193,10 @@ def crl_entries(crl_text: str) -> dict[str, str | None]:
 class Server:
     """A running `ztpki serve` started by a fixture."""
 
-    def __init__(self, inst: Instance, log_path: Path) -> None:
+    def __init__(self, inst: Instance, log_path: Path, *args: object) -> None:
         self.inst = inst
         self.log_path = log_path
+        self.args = [str(a) for a in args]  # more `ztpki serve` options, e.g. --access-log
         self.url = inst.base_url
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -209,7 +210,7 @@ class Server:
         """Start and wait for /health. False if the port was taken meanwhile."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [str(ZTPKI), "--home", str(self.inst.home), "serve", "--port", str(self.inst.port)],
+                [str(ZTPKI), "--home", str(self.inst.home), "serve", "--port", str(self.inst.port), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=clean_env(), start_new_session=True,
             )

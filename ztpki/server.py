@@ -36,6 +36,7 @@ def serve(home: Path, *, host: str, port: int, workers: int, threads: int = 1,
         "threads": threads,
         "worker_class": "gthread" if threads > 1 else "sync",
         "accesslog": "-" if access_log else None,
+        "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(p)s',  # + <worker pid>
         "errorlog": "-",
         "loglevel": "warning",
         "timeout": 60,
