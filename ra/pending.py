@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from types import SimpleNamespace
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -167,7 +168,9 @@ class PendingRequests:
             if existing is None:
                 raise Conflict(f"could not store transaction {transaction_key!r}")
             return existing
-        return self._get(row["id"])
+        # What went in, without reading it back (every issuance writes one).
+        columns = {name: row.get(name) for name in PendingRecord.__dataclass_fields__}
+        return _record(SimpleNamespace(**columns))
 
     # -- reading -------------------------------------------------------------
 

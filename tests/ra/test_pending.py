@@ -147,6 +147,17 @@ def test_record_decision_keeps_the_first_answer_of_a_transaction(pending: Pendin
         pending.record_decision("scep:y", protocol="scep", operation="initial", status="pending")
 
 
+def test_the_record_returned_on_insert_is_what_the_store_holds(pending: PendingRequests) -> None:
+    # _insert_once builds its answer from what it wrote instead of reading it back.
+    begun = _begin(pending, "cmp:tx-same")
+    assert begun == pending.get(begun.id)
+    decided = pending.record_decision(
+        "cmp:tx-decided", protocol="cmp", operation="initial", device_serial="SN-9", ca="issuing",
+        profile="enb", certificate_serial="abc123", request_bytes=b"\x00\x01", key_fingerprint="k" * 64,
+    )
+    assert decided == pending.get(decided.id)
+
+
 def test_list_filters_by_status_and_device_oldest_first(pending: PendingRequests) -> None:
     a = _begin(pending, key="k1", device="A")
     b = _begin(pending, key="k2", device="B")
