@@ -19,10 +19,12 @@ from ca.ocsp import INTERNAL_ERROR, MALFORMED
 from ca import db
 from ca.db import NotFound, StoreError
 from protocols.cmp import http as cmp_http
+from protocols.est import http as est_http
 from protocols.cmp.server import CmpServer, RefusalRecord, Route, ServerIdentity
 from protocols.pki_http import PkiPublication, make_blueprint
 from vendor_trust.credentials import BadCredential
 from ztpki.assembly import Instance
+from ztpki.est_wiring import est_server_for
 
 log = logging.getLogger("ztpki.app")
 
@@ -138,11 +140,15 @@ def cmp_protection_identity(instance: Instance, ca: str | None) -> ServerIdentit
     )
 
 
-def create_app(instance: Instance) -> Flask:
+def create_app(instance: Instance, est_transport: est_http.Transport = est_http.no_transport_facts) -> Flask:
     app = Flask("ztpki")
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.register_blueprint(make_blueprint(publication_for(instance), MALFORMED))
     app.register_blueprint(cmp_http.make_blueprint(cmp_server_for(instance)))
+    # est_transport: the TLS client chain and tls-unique of a request
+    # (protocols/est/http.py). The default has neither; the TLS work passes
+    # one reading gunicorn's TLS socket or a trusted proxy's headers.
+    app.register_blueprint(est_http.make_blueprint(est_server_for(instance), est_transport))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

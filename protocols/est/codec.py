@@ -14,8 +14,9 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar
 
 from asn1crypto import core as asn1
 from cryptography import x509
@@ -156,7 +157,7 @@ def parse_csr(der: bytes) -> CsrFacts:
     sans: tuple[x509.GeneralName, ...] = ()
     for extension in extensions:
         if extension.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
-            sans = tuple(extension.value)  # type: ignore[arg-type]
+            sans = tuple(extension.value)
     return CsrFacts(
         der=der,
         subject=subject,
@@ -207,17 +208,17 @@ def certs_only(certificates: Sequence[x509.Certificate]) -> bytes:
     return pkcs7.serialize_certificates(list(certificates), serialization.Encoding.DER)
 
 
-class _Attribute(asn1.Sequence):
+class _Attribute(asn1.Sequence):  # type: ignore[misc]
     # RFC 7030 §4.5.2 (RFC 8951 §3.3): Attribute { type, values SET OF ANY }
-    _fields = [("type", asn1.ObjectIdentifier), ("values", asn1.SetOf, {"spec": asn1.Any})]
+    _fields: ClassVar = [("type", asn1.ObjectIdentifier), ("values", asn1.SetOf, {"spec": asn1.Any})]
 
 
-class _AttrOrOid(asn1.Choice):
-    _alternatives = [("oid", asn1.ObjectIdentifier), ("attribute", _Attribute)]
+class _AttrOrOid(asn1.Choice):  # type: ignore[misc]
+    _alternatives: ClassVar = [("oid", asn1.ObjectIdentifier), ("attribute", _Attribute)]
 
 
-class _CsrAttrs(asn1.SequenceOf):
-    _child_spec = _AttrOrOid
+class _CsrAttrs(asn1.SequenceOf):  # type: ignore[misc]
+    _child_spec: ClassVar = _AttrOrOid
 
 
 @dataclass(frozen=True)
@@ -294,8 +295,25 @@ def serverkeygen_multipart(
 
 
 __all__ = [
-    "CERTS_ONLY", "CHALLENGE_PASSWORD", "CSRATTRS", "CsrAttribute", "CsrFacts", "EstCodecError",
-    "ID_EC_PUBLIC_KEY", "LINE_LENGTH", "MAX_BODY_BYTES", "MAX_CSR_BYTES", "PKCS8", "RSA_ENCRYPTION",
-    "b64_lines", "certs_only", "csrattrs", "decode_body", "integer_der", "oid_der",
-    "parse_csr", "parse_csrattrs", "serverkeygen_multipart",
+    "CERTS_ONLY",
+    "CHALLENGE_PASSWORD",
+    "CSRATTRS",
+    "ID_EC_PUBLIC_KEY",
+    "LINE_LENGTH",
+    "MAX_BODY_BYTES",
+    "MAX_CSR_BYTES",
+    "PKCS8",
+    "RSA_ENCRYPTION",
+    "CsrAttribute",
+    "CsrFacts",
+    "EstCodecError",
+    "b64_lines",
+    "certs_only",
+    "csrattrs",
+    "decode_body",
+    "integer_der",
+    "oid_der",
+    "parse_csr",
+    "parse_csrattrs",
+    "serverkeygen_multipart",
 ]

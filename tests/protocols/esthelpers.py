@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-from typing import Iterable
+from collections.abc import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

@@ -1,0 +1,440 @@
+"""The EST server: an EstRequest (bytes plus transport facts) in, an EstReply out.
+
+RFC 7030 §3–§4, clarified by RFC 8951. Sans-I/O: whoever terminated TLS
+hands in the verified client chain and tls-unique as plain values. Nothing
+here decides policy: enrolment requests become an EnrolmentRequest for the
+enrolment core, and its Decision becomes the HTTP answer. What only the
+protocol can check is checked here: the CSR's self-signature (handed to the
+core as pop_verified), tls-unique channel binding (§3.5), the re-enrolment
+rules of §4.2.2 (same subject and SANs as the TLS client certificate, which
+must be a clientAuth certificate), and well-formed HTTP Basic credentials.
+
+Idempotency: the transaction id is a hash of the operation, the CSR and
+the authenticated identity, so a client resending the same request (a
+retry, or polling after a 202, RFC 7030 §4.2.3) gets the core's first
+answer again and never a second certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from protocols.est import codec
+from protocols.est.codec import CERTS_ONLY, CSRATTRS, CsrFacts, EstCodecError
+from ra.requests import (
+    CurrentCertificate,
+    Decision,
+    EnrolmentRequest,
+    Evidence,
+    HttpBasic,
+    Issued,
+    Operation,
+    Pending,
+    Rejected,
+    RejectReason,
+    TlsClientCertificate,
+)
+from ra.requests import Protocol as RequestProtocol
+
+log = logging.getLogger("ztpki.est")
+
+TEXT = "text/plain; charset=utf-8"
+REALM = 'Basic realm="ztpki EST"'  # RFC 7030 §3.2.3, RFC 7617 §2
+SYSTEM_RETRY_AFTER = 30
+MAX_TEXT = 200
+
+# RFC 7030 §3.2.2: the operation path segments and their methods.
+METHODS = {
+    "cacerts": "GET",
+    "csrattrs": "GET",
+    "simpleenroll": "POST",
+    "simplereenroll": "POST",
+    "serverkeygen": "POST",
+}
+ENROLMENT_OPERATIONS = ("simpleenroll", "simplereenroll", "serverkeygen")
+
+ServerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+# The core's RejectReason → HTTP status (RFC 7030 §4.2.3: 4xx/5xx with a
+# text/plain reason). The one place EST maps the core's refusals.
+STATUS_OF_REASON = {
+    RejectReason.BAD_REQUEST: 400,
+    RejectReason.BAD_POP: 400,
+    RejectReason.POLICY_VIOLATION: 400,
+    RejectReason.TRANSACTION_IN_USE: 400,
+    RejectReason.BAD_CREDENTIAL: 401,
+    RejectReason.NOT_AUTHORIZED: 403,
+    RejectReason.UNKNOWN_DEVICE: 403,
+    RejectReason.DEVICE_BLOCKED: 403,
+    RejectReason.UNTRUSTED_CERTIFICATE: 403,
+    RejectReason.CERTIFICATE_REVOKED: 403,
+    RejectReason.CERTIFICATE_EXPIRED: 403,
+    RejectReason.REQUEST_REJECTED: 403,
+    RejectReason.SYSTEM_UNAVAILABLE: 503,
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """What an EST path label selects (RFC 7030 §3.2.2): an issuing CA or a
+    profile, and how replies are line-broken for the clients behind it."""
+
+    ca: str | None = None
+    profile: str | None = None
+    line_length: int | None = codec.LINE_LENGTH  # None: no line breaks (strongSwan)
+
+
+@dataclass(frozen=True)
+class EstRequest:
+    """One EST HTTP request as values. client_chain: the TLS client
+    certificate first, as verified by whatever terminated TLS (None: no
+    client certificate); tls_unique: RFC 5929 tls-unique of that session
+    (None under TLS 1.3 or behind a proxy)."""
+
+    operation: str
+    label: str | None = None
+    method: str = "GET"
+    body: bytes = b""
+    content_type: str | None = None
+    content_transfer_encoding: str | None = None
+    authorization: str | None = field(default=None, repr=False)
+    client_chain: tuple[x509.Certificate, ...] | None = None
+    tls_unique: bytes | None = None
+    peer: str | None = None
+
+
+@dataclass(frozen=True)
+class EstReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class RefusalRecord:
+    """A refusal decided here, before or outside the core (which audits its own)."""
+
+    operation: str
+    status: int
+    reason: str
+    text: str
+    label: str | None
+    peer: str | None
+    identity: str | None  # "tls:<fingerprint>" / "basic:<username>", when known
+
+
+class EstRefusal(Exception):
+    """A request refused at the EST level; answered with a text reason."""
+
+    def __init__(self, status: int, reason: str, text: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.reason = reason
+        self.text = text
+        self.headers = headers or {}
+
+
+def _p256(route: Route) -> ServerKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+class EstServer:
+    """RFC 7030 server over the enrolment core, sans-I/O."""
+
+    def __init__(
+        self,
+        *,
+        decide: Callable[[EnrolmentRequest], Decision],
+        ca_certificates: Callable[[Route], tuple[x509.Certificate, ...]],
+        route: Callable[[str | None], Route | None] = lambda label: Route() if label is None else None,
+        csr_attributes: Callable[[Route], bytes | None] = lambda route: None,
+        audit: Callable[[RefusalRecord], None] | None = None,
+        server_key: Callable[[Route], ServerKey] = _p256,
+        poll_interval: int = 30,
+        unit_of_work: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        """ca_certificates(route): the issuing CA up to the root (§4.1.3).
+        csr_attributes(route): DER CsrAttrs, or None when the route has none
+        (§4.5.2). server_key(route): a fresh key for serverkeygen (§4.4)."""
+        self.decide = decide
+        self.ca_certificates = ca_certificates
+        self.route = route
+        self.csr_attributes = csr_attributes
+        self.audit = audit
+        self.server_key = server_key
+        self.poll_interval = poll_interval
+        self.unit_of_work = unit_of_work
+
+    # -- the entry point ------------------------------------------------------------
+
+    def handle(self, request: EstRequest) -> EstReply:
+        """Answer one EST request (RFC 7030 §4); never raises."""
+        identity: list[str] = []
+        try:
+            return self._dispatch(request, identity)
+        except EstRefusal as refusal:
+            log.info("EST %s (%s) from %s refused: %s", request.operation[:40], request.label, request.peer, refusal.text)
+            self._record(request, refusal.status, refusal.reason, refusal.text, identity)
+            return _text(refusal.status, refusal.text, refusal.headers)
+        except Exception:
+            # A bug or a store that went away: the client may retry, and the
+            # trace stays in the log, never in the reply.
+            log.exception("EST %s from %s: unexpected failure", request.operation[:40], request.peer)
+            self._record(request, 503, "system_failure", "unexpected failure", identity)
+            return _text(503, "temporarily unable to answer", {"Retry-After": str(SYSTEM_RETRY_AFTER)})
+
+    def _record(self, request: EstRequest, status: int, reason: str, text: str, identity: list[str]) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit(RefusalRecord(
+                operation=request.operation[:40], status=status, reason=reason, text=text,
+                label=request.label[:64] if request.label else None, peer=request.peer,
+                identity=identity[0] if identity else None,
+            ))
+        except Exception:
+            # The refusal still goes out; the missing record is in the log.
+            log.exception("EST: could not audit a refusal")
+
+    def _dispatch(self, request: EstRequest, identity: list[str]) -> EstReply:
+        method = METHODS.get(request.operation)
+        if method is None:
+            raise EstRefusal(404, "unknown_operation", f"no EST operation {request.operation[:40]!r}")
+        route = self.route(request.label)
+        if route is None:
+            raise EstRefusal(404, "unknown_label", f"no EST label {(request.label or '')[:64]!r}")
+        if request.method.upper() != method:
+            raise EstRefusal(405, "wrong_method", f"{request.operation} takes {method}", {"Allow": method})
+        if request.operation == "cacerts":
+            return self._cacerts(route)
+        if request.operation == "csrattrs":
+            return self._csrattrs(route)
+        return self._enrol(request, route, identity)
+
+    # -- distribution (RFC 7030 §4.1, §4.5) -------------------------------------------
+
+    def _cacerts(self, route: Route) -> EstReply:
+        """§4.1.3: the issuing CA chain up to the root, certs-only, base64."""
+        certificates = self.ca_certificates(route)
+        body = codec.b64_lines(codec.certs_only(certificates), route.line_length)
+        return EstReply(200, {"Content-Type": CERTS_ONLY, "Content-Transfer-Encoding": "base64"}, body)
+
+    def _csrattrs(self, route: Route) -> EstReply:
+        """§4.5.2: the profile's CsrAttrs, or 204 when it asks for nothing."""
+        attributes = self.csr_attributes(route)
+        if attributes is None:
+            return EstReply(204, {}, b"")
+        body = codec.b64_lines(attributes, route.line_length)
+        return EstReply(200, {"Content-Type": CSRATTRS, "Content-Transfer-Encoding": "base64"}, body)
+
+    # -- enrolment (RFC 7030 §4.2, §4.4) --------------------------------------------------
+
+    def _enrol(self, request: EstRequest, route: Route, identity: list[str]) -> EstReply:
+        if len(request.body) > codec.MAX_BODY_BYTES:
+            raise EstRefusal(413, "too_large", f"the body is larger than {codec.MAX_BODY_BYTES} bytes")
+        basic = _basic_credentials(request.authorization)
+        chain = tuple(request.client_chain) if request.client_chain else None
+        if chain is not None:
+            identity.append("tls:" + _fingerprint(chain[0]))
+        if basic is not None:
+            identity.append("basic:" + basic.username[:128])
+        # HTTP authentication first (RFC 7030 §3.2.3): a client without
+        # credentials learns it needs them before its body is looked at.
+        renewal = request.operation == "simplereenroll"
+        evidence = self._evidence(chain, basic, renewal)
+        try:
+            facts = codec.parse_csr(codec.decode_body(request.body, request.content_transfer_encoding))
+        except EstCodecError as exc:
+            raise EstRefusal(400, "bad_request", str(exc)) from None
+        _check_channel_binding(facts, request.tls_unique)
+        if renewal:
+            assert chain is not None
+            _check_reenrolment(facts, chain[0])
+        public_key = facts.public_key
+        server_key: ServerKey | None = None
+        if request.operation == "serverkeygen":
+            # §4.4.1: the CSR's key is ignored, its signature still proves the
+            # client made it; the certificate is for a key made here.
+            server_key = self.server_key(route)
+            public_key = server_key.public_key()
+        enrolment = EnrolmentRequest(
+            protocol=RequestProtocol.EST,
+            operation=Operation.RENEWAL if renewal else Operation.INITIAL,
+            public_key=public_key,
+            pop_verified=facts.signature_valid,
+            subject=facts.subject,
+            sans=facts.sans,
+            extensions=facts.extensions,
+            evidence=evidence,
+            ca=route.ca,
+            profile=route.profile,
+            transaction_id=_transaction_id(request.operation, facts, chain, basic, server_key),
+            peer=request.peer,
+        )
+        with self.unit_of_work():
+            decision = self.decide(enrolment)
+        return self._answer(decision, route, server_key)
+
+    def _evidence(
+        self, chain: tuple[x509.Certificate, ...] | None, basic: HttpBasic | None, renewal: bool
+    ) -> tuple[Evidence, ...]:
+        if renewal:
+            # §4.2.2: re-enrolment is authenticated by the certificate being
+            # renewed, presented as the TLS client certificate; Basic cannot
+            # stand in for it.
+            if chain is None:
+                raise EstRefusal(403, "not_authorized", "simplereenroll needs the current certificate as TLS client certificate")
+            return (CurrentCertificate(chain[0], chain[1:]),)
+        evidence: list[Evidence] = []
+        if chain is not None:
+            evidence.append(TlsClientCertificate(chain))
+        if basic is not None:
+            evidence.append(basic)
+        if not evidence:
+            # §3.2.3: ask for HTTP Basic when TLS brought no client certificate.
+            raise EstRefusal(401, "no_credentials", "authentication required", {"WWW-Authenticate": REALM})
+        return tuple(evidence)
+
+    def _answer(self, decision: Decision, route: Route, server_key: ServerKey | None) -> EstReply:
+        if isinstance(decision, Issued):
+            certs = codec.certs_only([decision.certificate])
+            if server_key is not None:
+                return _serverkeygen_reply(server_key, certs, route)
+            body = codec.b64_lines(certs, route.line_length)
+            return EstReply(200, {"Content-Type": CERTS_ONLY, "Content-Transfer-Encoding": "base64"}, body)
+        if isinstance(decision, Pending):
+            if server_key is not None:
+                # The key is never kept, so a later resend could not get it:
+                # refuse rather than promise a certificate nobody can use.
+                raise EstRefusal(403, "not_authorized", "serverkeygen needs a profile with automatic approval")
+            retry = decision.retry_after or self.poll_interval
+            text = f"pending approval; resend the same request after {retry} s"
+            return _text(202, text, {"Retry-After": str(retry)})
+        if isinstance(decision, Rejected):
+            return _refusal_reply(decision, self.poll_interval)
+        log.error("EST: the core answered an enrolment with %r", type(decision).__name__)
+        return _text(503, "temporarily unable to answer", {"Retry-After": str(SYSTEM_RETRY_AFTER)})
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _text(status: int, text: str, headers: dict[str, str] | None = None) -> EstReply:
+    clean = "".join(c if c.isprintable() else " " for c in text)[:MAX_TEXT]
+    return EstReply(status, {"Content-Type": TEXT, **(headers or {})}, (clean + "\n").encode("utf-8"))
+
+
+def _refusal_reply(decision: Rejected, poll_interval: int) -> EstReply:
+    """The core's refusal as an HTTP answer (RFC 7030 §4.2.3); the core audited it."""
+    status = STATUS_OF_REASON.get(decision.reason, 403)
+    if status == 503:
+        retry = decision.retry_after or poll_interval
+        return _text(503, "temporarily unable to answer, retry later", {"Retry-After": str(retry)})
+    headers = {"WWW-Authenticate": REALM} if status == 401 else {}
+    return _text(status, f"{decision.reason.value}: {decision.text}", headers)
+
+
+def _serverkeygen_reply(key: ServerKey, certs: bytes, route: Route) -> EstReply:
+    """§4.4.2: the private key (PKCS#8, unencrypted: TLS protects it, §4.4.2
+    without the optional CMS wrapping) and the certificate, multipart/mixed."""
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    content_type, body = codec.serverkeygen_multipart(pkcs8, certs, route.line_length)
+    return EstReply(200, {"Content-Type": content_type}, body)
+
+
+def _basic_credentials(authorization: str | None) -> HttpBasic | None:
+    """RFC 7617 §2: Basic base64(user-id ":" password), UTF-8 (§2.1)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise EstRefusal(401, "bad_credential", "only HTTP Basic authentication is supported", {"WWW-Authenticate": REALM})
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise EstRefusal(401, "bad_credential", "malformed Basic credentials", {"WWW-Authenticate": REALM}) from None
+    username, colon, password = decoded.partition(":")
+    if not colon or not username or len(username) > 128 or len(password) > 256:
+        raise EstRefusal(401, "bad_credential", "malformed Basic credentials", {"WWW-Authenticate": REALM})
+    return HttpBasic(username, password)
+
+
+def _check_channel_binding(facts: CsrFacts, tls_unique: bytes | None) -> None:
+    """RFC 7030 §3.5: a challengePassword, when the session has tls-unique,
+    must be its base64. Never required: TLS 1.3 and a terminating proxy
+    have none (STANDARDS.md), and then the attribute is ignored."""
+    if facts.challenge_password is None or tls_unique is None:
+        return
+    expected = base64.b64encode(tls_unique)
+    if not hmac.compare_digest(facts.challenge_password.strip().encode("utf-8"), expected):
+        raise EstRefusal(403, "channel_binding", "the challengePassword is not this TLS session's tls-unique")
+
+
+def _check_reenrolment(facts: CsrFacts, current: x509.Certificate) -> None:
+    """RFC 7030 §4.2.2: the CSR's subject and SANs are those of the
+    certificate being renewed; that certificate authenticates a TLS client.
+    (Unexpired, unrevoked and the device's own: the core checks those.)"""
+    try:
+        usages = current.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    except ValueError:
+        raise EstRefusal(403, "not_authorized", "the client certificate's extensions do not parse") from None
+    if usages is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise EstRefusal(403, "not_authorized", "the client certificate has no clientAuth extended key usage")
+    if facts.subject != current.subject:
+        raise EstRefusal(400, "bad_request", "simplereenroll: the CSR subject differs from the current certificate's")
+    try:
+        current_sans = set(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        current_sans = set()
+    if set(facts.sans) != current_sans:
+        raise EstRefusal(400, "bad_request", "simplereenroll: the CSR SANs differ from the current certificate's")
+
+
+def _fingerprint(certificate: x509.Certificate) -> str:
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _transaction_id(
+    operation: str,
+    facts: CsrFacts,
+    chain: tuple[x509.Certificate, ...] | None,
+    basic: HttpBasic | None,
+    server_key: ServerKey | None,
+) -> str:
+    """The same request from the same client gets the same id (RFC 7030
+    §4.2.3: a client polls by resending). The Basic password is part of it,
+    so a resend with a wrong password is a new transaction and meets the
+    credential check; ztpki passwords carry 144 random bits, so the hash
+    reveals nothing guessable. serverkeygen keys are never kept, so each
+    call is its own transaction."""
+    digest = hashlib.sha256()
+    for part in (operation.encode("ascii"), facts.der):
+        digest.update(len(part).to_bytes(4, "big") + part)
+    if chain is not None:
+        digest.update(b"tls" + bytes.fromhex(_fingerprint(chain[0])))
+    if basic is not None:
+        secret = f"{basic.username}\0{basic.password}".encode()
+        digest.update(b"basic" + len(secret).to_bytes(4, "big") + secret)
+    if server_key is not None:
+        spki = server_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        digest.update(b"key" + spki)
+    return digest.hexdigest()
