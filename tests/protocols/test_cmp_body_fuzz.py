@@ -30,7 +30,7 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
@@ -187,6 +187,7 @@ def send(world: World, server: CmpServer, credential: Credential, body: bytes, *
         if isinstance(credential, MacCredential):
             # Only a body pyasn1 cannot decode stops the server before the MAC
             # check: the error then is signed (RFC 9483 §3.6.4).
+            event("undecodable body: signed error")
             assert reply.body_type == "error"
             assert status_info_from_asn1(reply.body["pKIStatusInfo"]).fail_info == {FailInfo.BAD_DATA_FORMAT}
         signer = verify_signature_protection(reply)
@@ -389,7 +390,11 @@ def pop_oracle(body: bytes, key: Any) -> bool:
         return False
     algorithm = str(popo["signature"]["algorithmIdentifier"]["algorithm"])
     signature = popo["signature"]["signature"].asOctets()
-    signed = encoder.encode(message["certReq"])
+    # The signed bytes are certReq as received (RFC 4211 §4.1); pyasn1 would
+    # re-encode an empty subject away, so slice them with plain TLV reads.
+    messages_tlv = der.read_tlv(body, outer.content, outer.end)
+    first = der.read_tlv(body, messages_tlv.content, messages_tlv.end)
+    signed = der.read_tlv(body, first.content, first.end).slice(body)
     try:
         if isinstance(key, ec.EllipticCurvePrivateKey) and algorithm in _ECDSA_HASH:
             key.public_key().verify(signature, signed, ec.ECDSA(_ECDSA_HASH[algorithm]()))
@@ -498,7 +503,7 @@ POPS = ["good", "other-key", "alg-sha384-label", "alg-rsa", "alg-ed25519", "alg-
         "alg-empty", "ra-verified", "ra-verified-empty", "poposk-input", "key-encipherment", "key-agreement",
         "missing", "unused-bits", "empty-bits", "truncated-sig", "over-template", "no-bit-string", "extra-part",
         "universal-tag"]
-KEYS = ["p256", "p384", "ed25519", "rsa", "x25519"]
+KEYS = ["p256", "p384", "ed25519", "ed448", "rsa", "x25519"]
 PUBLIC_KEYS = ["right", "absent", "other", "garbage", "empty", "bad-point", "unknown-alg"]
 
 
@@ -534,6 +539,8 @@ def make_key(kind: str) -> Any:
         return _RSA_KEY
     if kind == "x25519":
         return x25519.X25519PrivateKey.generate()
+    if kind == "ed448":
+        return ed448.Ed448PrivateKey.generate()
     return new_key()
 
 
@@ -544,6 +551,8 @@ class _Signer:
             self.algorithm = "ecdsa-sha384" if key.curve.name == "secp384r1" else "ecdsa-sha256"
         elif isinstance(key, rsa.RSAPrivateKey):
             self.algorithm = "rsa-sha256"
+        elif isinstance(key, ed448.Ed448PrivateKey):
+            self.algorithm = "ed448"
         else:
             self.algorithm = "ed25519"
 
@@ -563,7 +572,7 @@ def own_pop(request: bytes, key: Any) -> bytes:
     signer = _Signer(key)
     if signer.algorithm == "ecdsa-sha256":
         return signature_pop(request, KeySigner(key))
-    oid = {"ecdsa-sha384": ECDSA_SHA384, "rsa-sha256": SHA256_RSA, "ed25519": ED25519}[signer.algorithm]
+    oid = {"ecdsa-sha384": ECDSA_SHA384, "rsa-sha256": SHA256_RSA, "ed25519": ED25519, "ed448": "1.3.101.113"}[signer.algorithm]
     params = b"\x05\x00" if oid == SHA256_RSA else b""
     return der.wrap(0xA1, alg_id(oid, params) + der.wrap(0x03, b"\x00" + signer.sign(request)))
 
@@ -743,7 +752,7 @@ CSR_EXTENSIONS: dict[str, list[x509.ExtensionType]] = {
 @st.composite
 def p10_specs(draw: st.DrawFn) -> dict[str, Any]:
     return {
-        "key": draw(mostly("p256", ["p384", "rsa", "ed25519"])),
+        "key": draw(mostly("p256", ["p384", "rsa", "ed25519", "ed448"])),
         "subject": draw(mostly("cn", ["empty", "serial", "long-cn"])),
         "extensions": draw(mostly("none", sorted(CSR_EXTENSIONS))),
         "break": draw(mostly("none", ["signature", "other-key", "tree", "raw"], 50)),
@@ -761,7 +770,7 @@ def build_csr(spec: dict[str, Any], key: Any) -> bytes:
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names))
     for value in CSR_EXTENSIONS[spec["extensions"]]:
         builder = builder.add_extension(value, critical=False)
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    algorithm = None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
     return builder.sign(key, algorithm).public_bytes(serialization.Encoding.DER)
 
 
@@ -1199,3 +1208,22 @@ def test_rr_naming_another_issuer_is_refused(world: World, server: CmpServer, by
     outcome = send(world, server, mac, der.wrap(0xA0 | BODY_RR, seq(rev_details(spec, own, bystander))))
     assert world.instance.store.certificate(own.serial_number).status == "valid"
     assert outcome.kind == "error" or status_info_from_asn1(outcome.reply.body["status"][0]).status == PkiStatus.REJECTION
+
+
+@fuzz(100)
+@given(st.sampled_from([BODY_IR, BODY_CR]), st.lists(MUTATION, min_size=1, max_size=3), st.booleans())
+def test_mutated_templates_signed_after_mutation(
+    world: World, server: CmpServer, body_tag: int, mutations: list[tuple[str, int, int, bytes]], with_san: bool
+) -> None:
+    """The CertRequest is mutated *before* the POP signature is made, so the
+    signature stays valid over whatever the template became: odd templates
+    reach the enrolment core. Still nothing is certified but our key."""
+    key = new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
+    request = cert_request_der(spki_of(key), subject, (extension("2.5.29.17", _SAN_DNS),) if with_san else ())
+    request = mutate_tree(request, mutations)
+    body = cert_req_body(body_tag, [request + signature_pop(request, KeySigner(key))])
+    outcome = send(world, server, fresh_mac(world), body)
+    certificate = check_certification(outcome, body_tag, key, True)
+    if certificate is not None:
+        assert pop_oracle(body, key), "issued for a request whose POP does not verify"
