@@ -11,7 +11,8 @@ from ca import db
 from ca.issuer import UnknownProfile
 from ca.profiles import Profile
 from protocols.est import codec
-from protocols.est.server import EstServer, RefusalRecord, Route, ServerKey
+from protocols.est.checks import ServerKey
+from protocols.est.server import EstServer, RefusalRecord, Route
 from ztpki.assembly import Instance
 
 # The profile an unlabelled EST path stands for when the device's own

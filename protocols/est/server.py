@@ -17,11 +17,7 @@ answer again and never a second certificate.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
-import hmac
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -29,11 +25,20 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocols.est import codec
-from protocols.est.codec import CERTS_ONLY, CSRATTRS, CsrFacts, EstCodecError
+from protocols.est.checks import (
+    REALM,
+    EstRefusal,
+    ServerKey,
+    basic_credentials,
+    check_channel_binding,
+    check_reenrolment,
+    fingerprint,
+    transaction_id,
+)
+from protocols.est.codec import CERTS_ONLY, CSRATTRS, EstCodecError
 from ra.requests import (
     CurrentCertificate,
     Decision,
@@ -52,7 +57,6 @@ from ra.requests import Protocol as RequestProtocol
 log = logging.getLogger("ztpki.est")
 
 TEXT = "text/plain; charset=utf-8"
-REALM = 'Basic realm="ztpki EST"'  # RFC 7030 §3.2.3, RFC 7617 §2
 SYSTEM_RETRY_AFTER = 30
 MAX_TEXT = 200
 
@@ -65,8 +69,6 @@ METHODS = {
     "serverkeygen": "POST",
 }
 ENROLMENT_OPERATIONS = ("simpleenroll", "simplereenroll", "serverkeygen")
-
-ServerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 # The core's RejectReason → HTTP status (RFC 7030 §4.2.3: 4xx/5xx with a
 # text/plain reason). The one place EST maps the core's refusals.
@@ -134,17 +136,6 @@ class RefusalRecord:
     label: str | None
     peer: str | None
     identity: str | None  # "tls:<fingerprint>" / "basic:<username>", when known
-
-
-class EstRefusal(Exception):
-    """A request refused at the EST level; answered with a text reason."""
-
-    def __init__(self, status: int, reason: str, text: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(text)
-        self.status = status
-        self.reason = reason
-        self.text = text
-        self.headers = headers or {}
 
 
 def _p256(route: Route) -> ServerKey:
@@ -216,7 +207,9 @@ class EstServer:
         route = self.route(request.label)
         if route is None:
             raise EstRefusal(404, "unknown_label", f"no EST label {(request.label or '')[:64]!r}")
-        if request.method.upper() != method:
+        # HEAD is GET without the body (RFC 9110 §9.3.2); Flask routes it here.
+        asked = "GET" if request.method.upper() == "HEAD" else request.method.upper()
+        if asked != method:
             raise EstRefusal(405, "wrong_method", f"{request.operation} takes {method}", {"Allow": method})
         if request.operation == "cacerts":
             return self._cacerts(route)
@@ -243,12 +236,14 @@ class EstServer:
     # -- enrolment (RFC 7030 §4.2, §4.4) --------------------------------------------------
 
     def _enrol(self, request: EstRequest, route: Route, identity: list[str]) -> EstReply:
+        # The Content-Type (application/pkcs10) is not checked: curl scripts
+        # send form types, and the body is parsed strictly whatever it says.
         if len(request.body) > codec.MAX_BODY_BYTES:
             raise EstRefusal(413, "too_large", f"the body is larger than {codec.MAX_BODY_BYTES} bytes")
-        basic = _basic_credentials(request.authorization)
+        basic = basic_credentials(request.authorization)
         chain = tuple(request.client_chain) if request.client_chain else None
         if chain is not None:
-            identity.append("tls:" + _fingerprint(chain[0]))
+            identity.append("tls:" + fingerprint(chain[0]))
         if basic is not None:
             identity.append("basic:" + basic.username[:128])
         # HTTP authentication first (RFC 7030 §3.2.3): a client without
@@ -259,10 +254,10 @@ class EstServer:
             facts = codec.parse_csr(codec.decode_body(request.body, request.content_transfer_encoding))
         except EstCodecError as exc:
             raise EstRefusal(400, "bad_request", str(exc)) from None
-        _check_channel_binding(facts, request.tls_unique)
+        check_channel_binding(facts, request.tls_unique)
         if renewal:
             assert chain is not None
-            _check_reenrolment(facts, chain[0])
+            check_reenrolment(facts, chain[0])
         public_key = facts.public_key
         server_key: ServerKey | None = None
         if request.operation == "serverkeygen":
@@ -281,7 +276,7 @@ class EstServer:
             evidence=evidence,
             ca=route.ca,
             profile=route.profile,
-            transaction_id=_transaction_id(request.operation, facts, chain, basic, server_key),
+            transaction_id=transaction_id(request.operation, facts, chain, basic, server_key),
             peer=request.peer,
         )
         with self.unit_of_work():
@@ -343,8 +338,12 @@ def _refusal_reply(decision: Rejected, poll_interval: int) -> EstReply:
     if status == 503:
         retry = decision.retry_after or poll_interval
         return _text(503, "temporarily unable to answer, retry later", {"Retry-After": str(retry)})
-    headers = {"WWW-Authenticate": REALM} if status == 401 else {}
-    return _text(status, f"{decision.reason.value}: {decision.text}", headers)
+    if status == 401:
+        # The core's text says whether the username exists (unknown / wrong /
+        # used up); Credentials.check_password keeps timing from telling
+        # that, so the reply must not either. The audit record has it.
+        return _text(401, "bad_credential: the credentials were not accepted", {"WWW-Authenticate": REALM})
+    return _text(status, f"{decision.reason.value}: {decision.text}")
 
 
 def _serverkeygen_reply(key: ServerKey, certs: bytes, route: Route) -> EstReply:
@@ -355,86 +354,3 @@ def _serverkeygen_reply(key: ServerKey, certs: bytes, route: Route) -> EstReply:
     )
     content_type, body = codec.serverkeygen_multipart(pkcs8, certs, route.line_length)
     return EstReply(200, {"Content-Type": content_type}, body)
-
-
-def _basic_credentials(authorization: str | None) -> HttpBasic | None:
-    """RFC 7617 §2: Basic base64(user-id ":" password), UTF-8 (§2.1)."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        raise EstRefusal(401, "bad_credential", "only HTTP Basic authentication is supported", {"WWW-Authenticate": REALM})
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise EstRefusal(401, "bad_credential", "malformed Basic credentials", {"WWW-Authenticate": REALM}) from None
-    username, colon, password = decoded.partition(":")
-    if not colon or not username or len(username) > 128 or len(password) > 256:
-        raise EstRefusal(401, "bad_credential", "malformed Basic credentials", {"WWW-Authenticate": REALM})
-    return HttpBasic(username, password)
-
-
-def _check_channel_binding(facts: CsrFacts, tls_unique: bytes | None) -> None:
-    """RFC 7030 §3.5: a challengePassword, when the session has tls-unique,
-    must be its base64. Never required: TLS 1.3 and a terminating proxy
-    have none (STANDARDS.md), and then the attribute is ignored."""
-    if facts.challenge_password is None or tls_unique is None:
-        return
-    expected = base64.b64encode(tls_unique)
-    if not hmac.compare_digest(facts.challenge_password.strip().encode("utf-8"), expected):
-        raise EstRefusal(403, "channel_binding", "the challengePassword is not this TLS session's tls-unique")
-
-
-def _check_reenrolment(facts: CsrFacts, current: x509.Certificate) -> None:
-    """RFC 7030 §4.2.2: the CSR's subject and SANs are those of the
-    certificate being renewed; that certificate authenticates a TLS client.
-    (Unexpired, unrevoked and the device's own: the core checks those.)"""
-    try:
-        usages = current.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = None
-    except ValueError:
-        raise EstRefusal(403, "not_authorized", "the client certificate's extensions do not parse") from None
-    if usages is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-        raise EstRefusal(403, "not_authorized", "the client certificate has no clientAuth extended key usage")
-    if facts.subject != current.subject:
-        raise EstRefusal(400, "bad_request", "simplereenroll: the CSR subject differs from the current certificate's")
-    try:
-        current_sans = set(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        current_sans = set()
-    if set(facts.sans) != current_sans:
-        raise EstRefusal(400, "bad_request", "simplereenroll: the CSR SANs differ from the current certificate's")
-
-
-def _fingerprint(certificate: x509.Certificate) -> str:
-    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def _transaction_id(
-    operation: str,
-    facts: CsrFacts,
-    chain: tuple[x509.Certificate, ...] | None,
-    basic: HttpBasic | None,
-    server_key: ServerKey | None,
-) -> str:
-    """The same request from the same client gets the same id (RFC 7030
-    §4.2.3: a client polls by resending). The Basic password is part of it,
-    so a resend with a wrong password is a new transaction and meets the
-    credential check; ztpki passwords carry 144 random bits, so the hash
-    reveals nothing guessable. serverkeygen keys are never kept, so each
-    call is its own transaction."""
-    digest = hashlib.sha256()
-    for part in (operation.encode("ascii"), facts.der):
-        digest.update(len(part).to_bytes(4, "big") + part)
-    if chain is not None:
-        digest.update(b"tls" + bytes.fromhex(_fingerprint(chain[0])))
-    if basic is not None:
-        secret = f"{basic.username}\0{basic.password}".encode()
-        digest.update(b"basic" + len(secret).to_bytes(4, "big") + secret)
-    if server_key is not None:
-        spki = server_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        digest.update(b"key" + spki)
-    return digest.hexdigest()

@@ -180,6 +180,8 @@ def test_a_wrong_password_is_401_with_www_authenticate_audited_and_nothing_issue
     reply = enrol(server, csr_b64(), authorization=basic(username, "not-the-password"))
     assert "bad_credential" in refused(reply, 401)
     assert reply.headers["WWW-Authenticate"] == 'Basic realm="ztpki EST"'
+    # The reply does not tell a wrong password from an unknown username.
+    assert enrol(server, csr_b64(), authorization=basic("est-nobody", "x")).body == reply.body
     record = last_audit(world)
     assert (record.protocol, record.outcome, record.reason) == ("est", "rejected", "bad_credential")
     assert certificates_of(world, device) == []
@@ -252,6 +254,7 @@ def test_an_unknown_operation_is_404_and_a_wrong_method_405(server: EstServer) -
     refused(reply, 405)
     assert reply.headers["Allow"] == "POST"
     refused(server.handle(EstRequest(operation="cacerts", method="POST")), 405)
+    assert server.handle(EstRequest(operation="cacerts", method="HEAD")).status == 200
 
 
 # -- channel binding (RFC 7030 §3.5) ----------------------------------------------------------------
