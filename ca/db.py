@@ -189,10 +189,17 @@ def insert_if_absent(connection: Connection, table: Any, values: dict[str, Any])
     """INSERT ... ON CONFLICT DO NOTHING (SQLite and PostgreSQL): True if the
     row went in, False if a unique key was taken. Fails no transaction, so it
     is safe inside a unit of work."""
-    from sqlalchemy.dialects import postgresql, sqlite
+    key = (connection.dialect.name, table.name, tuple(sorted(values)))
+    statement = _INSERT_IF_ABSENT.get(key)
+    if statement is None:
+        from sqlalchemy.dialects import postgresql, sqlite
 
-    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(table).values(**values).on_conflict_do_nothing()
-    # RETURNING rather than rowcount: psycopg 3 reports -1 for this INSERT.
-    first_column = next(iter(table.primary_key.columns))
-    return connection.execute(statement.returning(first_column)).first() is not None
+        dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        # RETURNING rather than rowcount: psycopg 3 reports -1 for this INSERT.
+        first_column = next(iter(table.primary_key.columns))
+        statement = _INSERT_IF_ABSENT[key] = dialect_insert(table).on_conflict_do_nothing().returning(first_column)
+    return connection.execute(statement, values).first() is not None
+
+
+# Built once per (dialect, table, columns): building costs more than running.
+_INSERT_IF_ABSENT: dict[tuple[str, str, tuple[str, ...]], Any] = {}

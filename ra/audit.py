@@ -147,6 +147,17 @@ def _optional_fit(value: str | None, column: Any) -> str | None:
     return None if value is None else _fit(value, column)
 
 
+# Every request appends a record: its three statements are built once.
+_TAKE_SEQ = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=audit_head.c.seq + 1)
+    .returning(audit_head.c.seq, audit_head.c.hash)
+)
+_INSERT_RECORD = insert(audit_log)  # VALUES: the columns named in the parameters
+_SET_HEAD = update(audit_head).where(audit_head.c.id == 1)  # SET hash
+
+
 def _record(row: Any) -> AuditRecord:
     return AuditRecord(
         seq=int(row.seq),
@@ -205,12 +216,7 @@ class AuditLog:
         details_text = _canonical_json(details or {})
         details_value: dict[str, Any] = json.loads(details_text)
         with db.begin(self.engine) as conn:
-            locked = conn.execute(
-                update(audit_head)
-                .where(audit_head.c.id == 1)
-                .values(seq=audit_head.c.seq + 1)
-                .returning(audit_head.c.seq, audit_head.c.hash)
-            ).one_or_none()
+            locked = conn.execute(_TAKE_SEQ).one_or_none()
             if locked is None:
                 raise RuntimeError("audit_head has no row 1: the ra migration did not run")
             seq, prev_hash = int(locked.seq), str(locked.hash)
@@ -222,14 +228,13 @@ class AuditLog:
                 evidence=evidence_list, outcome=outcome, reason=reason, serial=serial,
                 details=details_value, prev_hash=prev_hash,
             )
-            conn.execute(
-                insert(audit_log).values(
-                    seq=seq, at=at, actor=actor, protocol=protocol, operation=operation, device=device,
-                    evidence=_canonical_json(evidence_list), outcome=outcome, reason=reason,
-                    serial=serial, details=details_text, prev_hash=prev_hash, hash=digest,
-                )
-            )
-            conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=digest))
+            conn.execute(_INSERT_RECORD, {
+                "seq": seq, "at": at, "actor": actor, "protocol": protocol, "operation": operation,
+                "device": device, "evidence": _canonical_json(evidence_list), "outcome": outcome,
+                "reason": reason, "serial": serial, "details": details_text, "prev_hash": prev_hash,
+                "hash": digest,
+            })
+            conn.execute(_SET_HEAD, {"hash": digest})
         return AuditRecord(
             seq=seq, at=at, actor=actor, protocol=protocol, operation=operation, device=device,
             evidence=tuple(evidence_list), outcome=outcome, reason=reason, serial=serial,

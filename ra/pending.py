@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from ca import db
 from ca.db import Conflict, NotFound, now, utc
@@ -42,6 +42,7 @@ STATUSES = (PENDING, APPROVED, REJECTED, ISSUED, FAILED)
 FINAL = (ISSUED, REJECTED, FAILED)
 
 _t = enrolment_requests
+_BY_TRANSACTION = select(_t).where(_t.c.transaction_key == bindparam("key"))  # every request: built once
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class PendingRequests:
 
     def by_transaction(self, transaction_key: str) -> PendingRecord | None:
         with db.connect(self.engine) as conn:
-            row = conn.execute(select(_t).where(_t.c.transaction_key == transaction_key)).first()
+            row = conn.execute(_BY_TRANSACTION, {"key": transaction_key}).first()
         return _record(row) if row is not None else None
 
     def list(self, status: str | None = None, device: str | None = None,

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Engine, Executable, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -100,7 +100,7 @@ class RateLimiter:
             for key, limit, window in ordered:
                 start = _window_start(moment, window)
                 stored = _stored_key(key)
-                count = conn.execute(self._increment(stored, start)).scalar_one()
+                count = conn.execute(*self._increment(stored, start)).scalar_one()
                 counted.append((stored, start))
                 if count > limit:
                     wait = max(1, math.ceil(start + window - moment))
@@ -126,15 +126,21 @@ class RateLimiter:
             result = conn.execute(delete(rate_counters).where(rate_counters.c.window_start < horizon))
         return int(result.rowcount)
 
-    def _increment(self, key: str, start: int) -> Executable:
+    def _increment(self, key: str, start: int) -> tuple[Executable, dict[str, Any]]:
         # INSERT ... ON CONFLICT DO UPDATE is atomic on both databases: the
         # count returned is this request's place in the window.
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = dialect_insert(rate_counters).values(key=key, window_start=start, count=1)
-        return statement.on_conflict_do_update(
-            index_elements=[rate_counters.c.key, rate_counters.c.window_start],
-            set_={"count": rate_counters.c.count + 1},
-        ).returning(rate_counters.c.count)
+        return _INCREMENT[self._dialect == "postgresql"], {"key": key, "window_start": start, "count": 1}
+
+
+def _increment_statement(dialect_insert: Any) -> Executable:
+    return dialect_insert(rate_counters).on_conflict_do_update(
+        index_elements=[rate_counters.c.key, rate_counters.c.window_start],
+        set_={"count": rate_counters.c.count + 1},
+    ).returning(rate_counters.c.count)
+
+
+# Built once (every request runs one or two): {is PostgreSQL: statement}.
+_INCREMENT = {False: _increment_statement(sqlite.insert), True: _increment_statement(postgresql.insert)}
 
 
 def _stored_key(key: str) -> str:

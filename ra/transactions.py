@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, bindparam, delete, select, update
 
 from ca import db
 from ca.db import now
@@ -37,6 +37,24 @@ REJECTED = "rejected"  # the request was refused
 CONFIRM_REJECTED = "confirm_rejected"  # the client rejected the certificate; revoked
 UNCONFIRMED = "unconfirmed"  # no certConf in time; revoked
 DONE = "done"  # rr and other one-shot exchanges
+
+# The statements of every enrolment, built once (building one costs more than running it).
+_T = cmp_transactions.c
+_GET = select(cmp_transactions).where(_T.transaction_id == bindparam("tid"), _T.sender == bindparam("sender"))
+_RECORD_ISSUED = (
+    update(cmp_transactions)
+    .where(_T.transaction_id == bindparam("b_tid"), _T.sender == bindparam("b_sender"), _T.status.in_((OPEN, PENDING)))
+)  # SET: the columns named in the parameters
+_CONFIRM = (
+    update(cmp_transactions)
+    .where(
+        _T.transaction_id == bindparam("b_tid"),
+        _T.sender == bindparam("b_sender"),
+        _T.status == AWAITING_CONFIRM,
+        _T.expires_at > bindparam("stamp"),
+    )
+    .values(status=CONFIRMED)
+)
 
 
 @dataclass(frozen=True)
@@ -120,12 +138,7 @@ class CmpTransactions:
 
     def get(self, transaction_id: bytes, sender: str) -> CmpTransaction | None:
         with db.connect(self.engine) as conn:
-            row = conn.execute(
-                select(cmp_transactions).where(
-                    cmp_transactions.c.transaction_id == transaction_id.hex(),
-                    cmp_transactions.c.sender == sender,
-                )
-            ).first()
+            row = conn.execute(_GET, {"tid": transaction_id.hex(), "sender": sender}).first()
         return _row(row) if row is not None else None
 
     def _move(self, transaction_id: bytes, sender: str, from_states: tuple[str, ...], **values: object) -> bool:
@@ -153,18 +166,19 @@ class CmpTransactions:
         implicit_confirm: bool,
     ) -> bool:
         """The certificate went out; a certConf is now expected unless implicitly confirmed."""
-        return self._move(
-            transaction_id,
-            sender,
-            (OPEN, PENDING),
-            status=CONFIRMED if implicit_confirm else AWAITING_CONFIRM,
-            ca=ca,
-            certificate=certificate,
-            certificate_serial=format(serial, "x"),
-            cert_hash=hashlib.sha256(certificate).hexdigest(),
-            cert_req_id=cert_req_id,
-            expires_at=now() + self.confirm_wait,
-        )
+        with db.begin(self.engine) as conn:
+            result = conn.execute(_RECORD_ISSUED, {
+                "b_tid": transaction_id.hex(),
+                "b_sender": sender,
+                "status": CONFIRMED if implicit_confirm else AWAITING_CONFIRM,
+                "ca": ca,
+                "certificate": certificate,
+                "certificate_serial": format(serial, "x"),
+                "cert_hash": hashlib.sha256(certificate).hexdigest(),
+                "cert_req_id": cert_req_id,
+                "expires_at": now() + self.confirm_wait,
+            })
+        return result.rowcount == 1
 
     def record_pending(self, transaction_id: bytes, sender: str, request_id: str, cert_req_id: int) -> bool:
         return self._move(
@@ -180,16 +194,7 @@ class CmpTransactions:
     def confirm(self, transaction_id: bytes, sender: str) -> bool:
         """certConf accepted (RFC 4210 §5.3.18); False unless it was awaiting one in time."""
         with db.begin(self.engine) as conn:
-            result = conn.execute(
-                update(cmp_transactions)
-                .where(
-                    cmp_transactions.c.transaction_id == transaction_id.hex(),
-                    cmp_transactions.c.sender == sender,
-                    cmp_transactions.c.status == AWAITING_CONFIRM,
-                    cmp_transactions.c.expires_at > now(),
-                )
-                .values(status=CONFIRMED)
-            )
+            result = conn.execute(_CONFIRM, {"b_tid": transaction_id.hex(), "b_sender": sender, "stamp": now()})
         return result.rowcount == 1
 
     def reject_confirmation(self, transaction_id: bytes, sender: str) -> bool:

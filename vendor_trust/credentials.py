@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Engine, false, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, false, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ca import db
@@ -127,6 +127,24 @@ _INFO_COLUMNS = (
     credentials.c.revoked,
     credentials.c.created_at,
     credentials.c.last_used_at,
+)
+
+# The statements every enrolment runs, built once: building a SQLAlchemy
+# statement costs several times executing it (bench/README.md).
+_SELECT_INFO = select(*_INFO_COLUMNS).where(credentials.c.reference == bindparam("reference"))
+_SELECT_MAC = select(*_INFO_COLUMNS, credentials.c.sealed_secret).where(
+    credentials.c.reference == bindparam("reference"), credentials.c.kind == "mac"
+)
+_USE_ONCE = (
+    update(credentials)
+    .where(
+        credentials.c.reference == bindparam("b_reference"),
+        credentials.c.revoked == false(),
+        or_(credentials.c.max_uses.is_(None), credentials.c.uses < credentials.c.max_uses),
+        or_(credentials.c.expires_at.is_(None), credentials.c.expires_at > bindparam("stamp")),
+    )
+    .values(uses=credentials.c.uses + 1, last_used_at=bindparam("stamp"))
+    .returning(*_INFO_COLUMNS)
 )
 
 
@@ -272,7 +290,7 @@ class Credentials:
 
     def info(self, reference: str) -> CredentialInfo | None:
         with db.connect(self.engine) as conn:
-            row = conn.execute(select(*_INFO_COLUMNS).where(credentials.c.reference == reference)).first()
+            row = conn.execute(_SELECT_INFO, {"reference": reference}).first()
         return _info(row) if row is not None else None
 
     def mac_secret(self, reference: str, *, allow_used_up: bool = False) -> MacCredential:
@@ -283,11 +301,7 @@ class Credentials:
         A sealer error (a tampered row, the wrong key) propagates: it is a
         system failure, not a bad credential."""
         with db.connect(self.engine) as conn:
-            row = conn.execute(
-                select(*_INFO_COLUMNS, credentials.c.sealed_secret).where(
-                    credentials.c.reference == reference, credentials.c.kind == "mac"
-                )
-            ).first()
+            row = conn.execute(_SELECT_MAC, {"reference": reference}).first()
         if row is None:
             raise BadCredential("unknown", reference)
         info = _info(row)
@@ -307,17 +321,7 @@ class Credentials:
         """One use, atomically: the row after it, or None if none was left."""
         stamp = now()
         with db.begin(self.engine) as conn:
-            row = conn.execute(
-                update(credentials)
-                .where(
-                    credentials.c.reference == reference,
-                    credentials.c.revoked == false(),
-                    or_(credentials.c.max_uses.is_(None), credentials.c.uses < credentials.c.max_uses),
-                    or_(credentials.c.expires_at.is_(None), credentials.c.expires_at > stamp),
-                )
-                .values(uses=credentials.c.uses + 1, last_used_at=stamp)
-                .returning(*_INFO_COLUMNS)
-            ).first()
+            row = conn.execute(_USE_ONCE, {"b_reference": reference, "stamp": stamp}).first()
         return _info(row) if row is not None else None
 
     def consume(self, reference: str) -> bool:

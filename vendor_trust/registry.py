@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
     load_pem_public_key,
 )
-from sqlalchemy import Engine, func, insert, select, true, update
+from sqlalchemy import Engine, bindparam, func, insert, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -243,6 +243,14 @@ def _device(row: Row[Any]) -> Device:
 
 
 _COLUMNS = tuple(c for c in devices.c if c.name != "id")
+# What every enrolment runs, built once (building costs more than running).
+_SELECT_DEVICE = select(*_COLUMNS).where(devices.c.serial == bindparam("serial"))
+_MARK_ACTIVE = (
+    update(devices)
+    .where(devices.c.serial == bindparam("b_serial"), devices.c.state == "registered")
+    .values(state="active", updated_at=bindparam("stamp"))
+    .returning(devices.c.serial)
+)
 
 
 class DeviceRegistry:
@@ -253,7 +261,7 @@ class DeviceRegistry:
 
     def get(self, serial: str) -> Device | None:
         with db.connect(self.engine) as conn:
-            row = conn.execute(select(*_COLUMNS).where(devices.c.serial == serial.strip())).first()
+            row = conn.execute(_SELECT_DEVICE, {"serial": serial.strip()}).first()
         return _device(row) if row is not None else None
 
     def require(self, serial: str) -> Device:
@@ -398,7 +406,9 @@ class DeviceRegistry:
         A blocked device stays blocked: the condition is on the old state, so
         a block racing with an issuance is never undone here.
         """
-        if self._update_one(serial, devices.c.state == "registered", state="active") is not None:
+        with db.begin(self.engine) as conn:
+            row = conn.execute(_MARK_ACTIVE, {"b_serial": serial.strip(), "stamp": now()}).first()
+        if row is not None:
             return True
         self.require(serial)
         return False
