@@ -1,7 +1,8 @@
 """DER ⇄ PKIMessage (RFC 4210 §5.1, RFC 9480 §2), sans-I/O.
 
-Decoding splits the message with der.py, decodes the header and the body with
-pyasn1 (certificates inside the body kept opaque, asn1.py), keeps extraCerts as
+Decoding splits the message with der.py, decodes the header with der.py
+(header.header_from_der) and the body with pyasn1 (certificates inside the
+body kept opaque, asn1.py), keeps extraCerts as
 DER for cryptography to load when asked, and slices the ProtectedPart input
 from the received bytes instead of re-encoding it (RFC 4210 §5.1.3; LIMITS.md
 "What bounds an enrolment"). Every failure is a CmpDecodeError carrying what
@@ -20,7 +21,7 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 
 from protocols.cmp import asn1, der
-from protocols.cmp.header import PkiHeader, encode_header, header_from_asn1
+from protocols.cmp.header import PkiHeader, encode_header, header_from_der
 
 # RFC 9483 §6.1 sets no size; 256 KiB holds a reply with a long chain in
 # extraCerts and caPubs many times over and bounds the work per request.
@@ -198,11 +199,8 @@ def decode_message(data: bytes) -> PkiMessage:
     header_der = header_tlv.slice(data)
     body_der = body_tlv.slice(data)
     try:
-        header_asn1, rest = decoder.decode(header_der, asn1Spec=asn1.OpaquePKIHeader())
-        if rest:
-            raise ValueError("trailing bytes after the header")
-        header = header_from_asn1(header_asn1)
-    except _PYASN1_FAILURES as exc:
+        header = header_from_der(header_der)
+    except (ValueError, UnicodeError) as exc:
         raise _fail(data, "bad PKIHeader: %s" % _short(exc)) from None
     try:
         body_asn1, rest = decoder.decode(body_der, asn1Spec=asn1.OpaquePKIBody())

@@ -10,8 +10,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmphelpers import vector_paths
-from protocols.cmp import bodies, codec, der
-from protocols.cmp.header import NULL_DN_GENERAL_NAME, AlgorithmId, InfoTypeAndValue, PkiHeader, encode_header
+from pyasn1.codec.der import decoder
+from pyasn1.type import univ
+
+from protocols.cmp import asn1, bodies, codec, der
+from protocols.cmp.header import (
+    NULL_DN_GENERAL_NAME,
+    AlgorithmId,
+    InfoTypeAndValue,
+    PkiHeader,
+    _general_name,
+    encode_header,
+    header_from_der,
+    parse_generalized_time,
+)
 
 VECTORS = [path.read_bytes() for path in vector_paths()]
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -120,3 +132,88 @@ def test_any_header_we_write_decodes_to_itself(header: PkiHeader) -> None:
     body = codec.encode_body("pkiconf", bodies.pkiconf_body())
     data = codec.assemble_message(encode_header(header), body, b"\x01" * 8)
     assert codec.decode_message(data).header == header
+
+
+# -- header_from_der against pyasn1's reading of the same bytes ---------------------------
+
+
+def _optional_bytes(component: univ.OctetString) -> bytes | None:
+    return bytes(component) if component.isValue else None
+
+
+def header_from_asn1(asn1: univ.Sequence) -> PkiHeader:
+    """The reference reading: pyasn1's OpaquePKIHeader (RFC 4210 §5.1.1) as a PkiHeader."""
+    message_time = None
+    if asn1["messageTime"].isValue:
+        message_time = parse_generalized_time(str(asn1["messageTime"]))
+    protection_alg = None
+    if asn1["protectionAlg"].isValue:
+        alg = asn1["protectionAlg"]
+        params = bytes(alg["parameters"]) if alg["parameters"].isValue else None
+        protection_alg = AlgorithmId(str(alg["algorithm"]), params)
+    free_text: tuple[str, ...] = ()
+    if asn1["freeText"].isValue:
+        free_text = tuple(str(text) for text in asn1["freeText"])
+    general_info: tuple[InfoTypeAndValue, ...] = ()
+    if asn1["generalInfo"].isValue:
+        general_info = tuple(
+            InfoTypeAndValue(
+                str(info["infoType"]),
+                bytes(info["infoValue"]) if info["infoValue"].isValue else None,
+            )
+            for info in asn1["generalInfo"]
+        )
+    return PkiHeader(
+        pvno=int(asn1["pvno"]),
+        sender=_general_name(bytes(asn1["sender"])),
+        recipient=_general_name(bytes(asn1["recipient"])),
+        message_time=message_time,
+        protection_alg=protection_alg,
+        sender_kid=_optional_bytes(asn1["senderKID"]),
+        recip_kid=_optional_bytes(asn1["recipKID"]),
+        transaction_id=_optional_bytes(asn1["transactionID"]),
+        sender_nonce=_optional_bytes(asn1["senderNonce"]),
+        recip_nonce=_optional_bytes(asn1["recipNonce"]),
+        free_text=free_text,
+        general_info=general_info,
+    )
+
+
+def _pyasn1_header(header_der: bytes) -> PkiHeader:
+    value, rest = decoder.decode(header_der, asn1Spec=asn1.OpaquePKIHeader())
+    assert not rest
+    return header_from_asn1(value)
+
+
+def _header_der(message: bytes) -> bytes:
+    top = der.read_tlv(message, 0)
+    return der.read_tlv(message, top.content).slice(message)
+
+
+def test_every_golden_vector_header_reads_the_same_both_ways() -> None:
+    for vector in VECTORS:
+        header_der = _header_der(vector)
+        assert header_from_der(header_der) == _pyasn1_header(header_der)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_headers())
+def test_der_reading_equals_pyasn1_reading(header: PkiHeader) -> None:
+    encoded = encode_header(header)
+    assert header_from_der(encoded) == _pyasn1_header(encoded) == header
+
+
+@FUZZ
+@given(st.data())
+def test_der_reading_of_mutated_headers_is_never_laxer_than_pyasn1(data: st.DataObject) -> None:
+    header_der = _header_der(data.draw(st.sampled_from(VECTORS)))
+    mutated = bytearray(header_der)
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[position] = data.draw(st.integers(0, 255))
+    try:
+        ours = header_from_der(bytes(mutated))
+    except (ValueError, UnicodeError):
+        return
+    # What we accept, pyasn1 accepts, and reads the same.
+    assert ours == _pyasn1_header(bytes(mutated))
