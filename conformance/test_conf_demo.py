@@ -102,7 +102,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 def printed_commands(printed: str) -> list[list[str]]:
     """The openssl commands of the printed CMP section, continuation lines joined."""
-    section = printed[printed.index("Enrol over CMP"):]
+    section = printed[printed.index("Enrol over CMP"):printed.index("Enrol over EST")]
     joined = re.sub(r"\\\n\s*", " ", section)
     return [shlex.split(line) for line in (raw.strip() for raw in joined.splitlines()) if line.startswith("openssl ")]
 

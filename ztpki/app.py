@@ -163,8 +163,13 @@ def create_app(instance: Instance, est_transport: est_http.Transport = est_http.
 
 
 def app_for_home(home: str | Path) -> Flask:
-    """For WSGI servers: ztpki.app:app_for_home('/srv/pki') in a factory call."""
-    return create_app(Instance.open(Path(home)))
+    """For WSGI servers: ztpki.app:app_for_home('/srv/pki') in a factory call.
+    EST believes client-certificate headers from [est] trusted_proxies; the
+    TLS client chain itself is read from gunicorn's socket only."""
+    from ztpki.transport import make_transport
+
+    instance = Instance.open(Path(home))
+    return create_app(instance, est_transport=make_transport(instance.settings.est))
 
 
 class _LazyTransactions:

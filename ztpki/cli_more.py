@@ -86,25 +86,31 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--host", help="Listen address (default from ztpki.toml, 127.0.0.1).")
     @click.option("--port", type=int, help="Port (default from ztpki.toml, 8080).")
     @click.option("--workers", type=int, help="Worker processes (default from ztpki.toml, 2).")
+    @click.option("--tls-port", type=int, help="HTTPS port (default from [tls] in ztpki.toml; HTTPS only with [tls]).")
     @click.option("--access-log", is_flag=True)
     @click.pass_context
-    def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
-        """Serve CRLs, OCSP and CA certificates (gunicorn, pre-forking)."""
+    def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None,
+              tls_port: int | None, access_log: bool) -> None:
+        """Serve CRLs, OCSP, CA certificates, CMP and EST (gunicorn, pre-forking);
+        HTTPS too when ztpki.toml has a [tls] table."""
         from ztpki.server import serve as run_server
 
         instance = get_instance(ctx)
         settings = instance.settings
         instance.close()
-        run_server(settings.home, host=host or settings.host, port=port or settings.port,
-                   workers=workers or settings.workers, access_log=access_log)
+        if tls_port is not None and settings.tls is None:
+            raise click.ClickException("--tls-port needs a [tls] table in ztpki.toml (certificate, key, port)")
+        ctx.exit(run_server(settings.home, host=host or settings.host, port=port or settings.port,
+                            workers=workers or settings.workers, access_log=access_log, tls_port=tls_port))
 
     @main.command()
     @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Demo instance directory (created or reused).")
     @click.option("--port", type=int, default=8080, show_default=True)
+    @click.option("--tls-port", type=int, help="HTTPS port (EST)  [default: PORT + 1]")
     @click.option("--no-serve", is_flag=True, help="Prepare DIR and demo.json, then exit.")
-    def demo(directory: str, port: int, no_serve: bool) -> None:
-        """A demo PKI on 127.0.0.1: prints how to try each part with openssl and curl."""
+    def demo(directory: str, port: int, tls_port: int | None, no_serve: bool) -> None:
+        """A demo PKI on 127.0.0.1: prints how to try each part with openssl, curl and strongSwan pki."""
         from ztpki.demo import run_demo
 
-        run_demo(Path(directory), port=port, serve=not no_serve)
+        run_demo(Path(directory), port=port, tls_port=tls_port, serve=not no_serve)
 

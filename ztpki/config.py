@@ -6,11 +6,15 @@ HOME/
   token.pin        the token user PIN (0600), unless the PIN comes from elsewhere
   softhsm2.conf, tokens/   the instance's own SoftHSM2 token, when no module is configured
   ztpki.db         the SQLite store, unless `database` names PostgreSQL
+  tls-client-ca.pem  written by `serve` when [tls] has no client_ca: the
+                   anchors a TLS client certificate may chain to
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +93,92 @@ class CmpSettings:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
+TLS_CLIENT_CA_NAME = "tls-client-ca.pem"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """ztpki's own HTTPS listener ([tls] in ztpki.toml); None when absent.
+
+    Paths are relative to HOME (an absolute path stays as it is). `key` may
+    be left out when `certificate` holds the key too; the file holding the
+    key must be readable by its owner only.
+    """
+
+    certificate: str
+    port: int
+    key: str | None = None
+    # PEM bundle of the anchors client certificates may chain to. Unset:
+    # `serve` writes HOME/tls-client-ca.pem at start from every vendor anchor
+    # the instance trusts and its own CA certificates (re-enrolment).
+    client_ca: str | None = None
+
+    def certificate_path(self, home: Path) -> Path:
+        return home / self.certificate
+
+    def key_path(self, home: Path) -> Path:
+        return home / (self.key or self.certificate)
+
+    def client_ca_path(self, home: Path) -> Path:
+        return home / (self.client_ca or TLS_CLIENT_CA_NAME)
+
+    def check_files(self, home: Path) -> None:
+        """ConfigError unless the certificate, the key (owner-only) and a
+        configured client_ca bundle are there and readable."""
+        certificate, key = self.certificate_path(home), self.key_path(home)
+        try:
+            if not x509.load_pem_x509_certificates(certificate.read_bytes()):
+                raise ValueError("no certificate")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[tls] certificate: cannot read {certificate}: {exc}") from None
+        try:
+            mode = key.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"[tls] key: cannot read {key}: {exc}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"[tls] key: {key} is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+        if b"PRIVATE KEY-----" not in key.read_bytes():
+            raise ConfigError(f"[tls] key: no PEM private key in {key}")
+        if self.client_ca is not None:
+            bundle = self.client_ca_path(home)
+            try:
+                if not x509.load_pem_x509_certificates(bundle.read_bytes()):
+                    raise ValueError("no certificate")
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"[tls] client_ca: cannot read {bundle}: {exc}") from None
+
+    def to_table(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class EstSettings:
+    """How EST learns the TLS client certificate ([est] in ztpki.toml).
+
+    Over ztpki's own TLS the handshake says it. Behind a TLS-terminating
+    proxy (nginx) the proxy's header says it, and it is believed only from
+    the addresses in trusted_proxies: anyone else could write that header.
+    """
+
+    trusted_proxies: tuple[str, ...] = ()
+    # nginx: proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;
+    # URL-escaped PEM of the client certificate, optionally followed by its chain.
+    client_cert_header: str = "X-SSL-Client-Cert"
+    # More certificates of the chain (URL-escaped or plain PEM), for proxies
+    # that can send them (nginx cannot; Envoy, HAProxy with Lua can).
+    client_chain_header: str = "X-SSL-Client-Chain"
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in self.trusted_proxies)
+
+    def to_table(self) -> dict[str, Any]:
+        return {
+            "trusted_proxies": list(self.trusted_proxies),
+            "client_cert_header": self.client_cert_header,
+            "client_chain_header": self.client_chain_header,
+        }
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -105,6 +195,8 @@ class Settings:
     ocsp_validity_minutes: int = 60
     ocsp_refresh_seconds: int = 300
     cmp: CmpSettings = field(default_factory=CmpSettings)
+    tls: TlsSettings | None = None
+    est: EstSettings = field(default_factory=EstSettings)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -171,6 +263,8 @@ class Settings:
                 "refresh_seconds": self.ocsp_refresh_seconds,
             },
             "cmp": self.cmp.to_table(),
+            **({"tls": self.tls.to_table()} if self.tls is not None else {}),
+            "est": self.est.to_table(),
             **self.extra,
         }
         return tomli_w.dumps(data)
@@ -209,6 +303,63 @@ def _cmp_settings(section: dict[str, Any], home: Path) -> CmpSettings:
     return settings
 
 
+_HEADER_NAME = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _port(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ConfigError(f"[{where}] port must be an integer from 1 to 65535")
+    return value
+
+
+def _tls_settings(section: dict[str, Any] | None, serve_port: int) -> TlsSettings | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError("[tls] must be a table")
+    unknown = set(section) - {"certificate", "key", "client_ca", "port"}
+    if unknown:
+        raise ConfigError(f"[tls] unknown key(s) {', '.join(sorted(unknown))}")
+    certificate = _typed(section, "certificate", str, None, "tls")
+    if not certificate:
+        raise ConfigError("[tls] certificate is required (PEM path, relative to HOME)")
+    if "port" not in section:
+        raise ConfigError("[tls] port is required (the HTTPS port)")
+    port = _port(section["port"], "tls")
+    if port == serve_port:
+        raise ConfigError(f"[tls] port {port} is the plain HTTP port of [serve]; give HTTPS its own")
+    return TlsSettings(
+        certificate=certificate,
+        port=port,
+        key=_typed(section, "key", str, None, "tls") or None,
+        client_ca=_typed(section, "client_ca", str, None, "tls") or None,
+    )
+
+
+def _est_settings(section: dict[str, Any]) -> EstSettings:
+    defaults = EstSettings()
+    unknown = set(section) - set(vars(defaults))
+    if unknown:
+        raise ConfigError(f"[est] unknown key(s) {', '.join(sorted(unknown))}")
+    proxies = section.get("trusted_proxies", [])
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        raise ConfigError('[est] trusted_proxies must be a list of addresses or networks, e.g. ["127.0.0.1", "10.0.0.0/24"]')
+    for entry in proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"[est] trusted_proxies: {entry!r} is not an IP address or network") from None
+    headers = {}
+    for key in ("client_cert_header", "client_chain_header"):
+        name = _typed(section, key, str, getattr(defaults, key), "est")
+        if not name or not set(name) <= _HEADER_NAME:
+            raise ConfigError(f"[est] {key}: {name!r} is not an HTTP header name")
+        headers[key] = name
+    if headers["client_cert_header"].lower() == headers["client_chain_header"].lower():
+        raise ConfigError("[est] client_cert_header and client_chain_header must differ")
+    return EstSettings(trusted_proxies=tuple(proxies), **headers)
+
+
 def load_settings(home: Path) -> Settings:
     path = home / CONFIG_NAME
     if not path.is_file():
@@ -223,7 +374,9 @@ def load_settings(home: Path) -> Settings:
     crl = _section(data, "crl")
     ocsp = _section(data, "ocsp")
     cmp = _section(data, "cmp")
-    known = {"instance", "token", "serve", "crl", "ocsp", "cmp"}
+    est = _section(data, "est")
+    known = {"instance", "token", "serve", "crl", "ocsp", "cmp", "tls", "est"}
+    port = _typed(serve, "port", int, DEFAULT_PORT, "serve")
     return Settings(
         home=home.resolve(),
         base_url=_typed(instance, "base_url", str, f"http://127.0.0.1:{DEFAULT_PORT}", "instance"),
@@ -239,13 +392,15 @@ def load_settings(home: Path) -> Settings:
             softhsm_conf=_typed(token, "softhsm_conf", str, None, "token"),
         ),
         host=_typed(serve, "host", str, "127.0.0.1", "serve"),
-        port=_typed(serve, "port", int, DEFAULT_PORT, "serve"),
+        port=port,
         workers=_typed(serve, "workers", int, 2, "serve"),
         crl_validity_hours=_typed(crl, "validity_hours", int, 24, "crl"),
         crl_refresh_minutes=_typed(crl, "refresh_minutes", int, 60, "crl"),
         ocsp_validity_minutes=_typed(ocsp, "validity_minutes", int, 60, "ocsp"),
         ocsp_refresh_seconds=_typed(ocsp, "refresh_seconds", int, 300, "ocsp"),
         cmp=_cmp_settings(cmp, home.resolve()),
+        tls=_tls_settings(data.get("tls"), port),
+        est=_est_settings(est),
         extra={k: v for k, v in data.items() if k not in known},
     )
 

@@ -28,6 +28,7 @@ from ra.admin import block_device
 from vendor_trust.credentials import BadCredential
 from ztpki.assembly import Instance
 from ztpki.config import CONFIG_NAME
+from ztpki.demo_est import AutoApprover, ensure_approval_profile, ensure_tls, est_instructions, prepare_est
 from ztpki.setup_instance import init_instance
 
 VENDOR = "demo-vendor"
@@ -245,12 +246,12 @@ def _prepare_cmp(instance: Instance, directory: Path, previous: dict[str, Any]) 
     }
 
 
-def prepare_demo(directory: Path, *, port: int) -> dict[str, Any]:
+def prepare_demo(directory: Path, *, port: int, tls_port: int | None = None) -> dict[str, Any]:
     directory = directory.resolve()
-    if (directory / CONFIG_NAME).exists():
-        instance = Instance.open(directory)
-    else:
-        instance = init_instance(directory, port=port, organization="ztpki demo")
+    if not (directory / CONFIG_NAME).exists():
+        init_instance(directory, port=port, organization="ztpki demo").close()
+    ensure_approval_profile(directory)  # before the instance reads its profiles
+    instance = Instance.open(directory)
     try:
         settings = instance.settings
         base_url = settings.base_url
@@ -260,6 +261,9 @@ def prepare_demo(directory: Path, *, port: int) -> dict[str, Any]:
         good = _demo_certificate(instance, clients, "demo-device")
         revoked = _demo_certificate(instance, clients, "revoked-device", revoke=True)
         urls = instance.cas.urls
+        tls = ensure_tls(instance, directory, tls_port or settings.port + 1)
+        previous = _previous(directory)
+        cmp_info = _prepare_cmp(instance, directory, previous)
         info: dict[str, Any] = {
             "home": str(directory),
             "root_ca": str(directory / "root.pem"),
@@ -269,7 +273,8 @@ def prepare_demo(directory: Path, *, port: int) -> dict[str, Any]:
             "root_crl_url": urls.crl_url("root"),
             "ocsp_url": urls.ocsp_url(),
             "examples": {"good_certificate": good, "revoked_certificate": revoked},
-            **_prepare_cmp(instance, directory, _previous(directory)),
+            **cmp_info,
+            **prepare_est(instance, tls, previous, cmp_info["vendor"]["devices"][1]),
         }
         partial = directory / ".demo.json.tmp"
         partial.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -357,7 +362,7 @@ def instructions(info: dict[str, Any]) -> str:
     good = info["examples"]["good_certificate"]["cert"]
     revoked = info["examples"]["revoked_certificate"]["cert"]
     return f"""
-ztpki demo PKI is serving on {info['base_url']}   (Ctrl-C stops it)
+ztpki demo PKI is serving on {info['base_url']} and {info['est_url'].split('/.well-known')[0]}   (Ctrl-C stops it)
 Instance: {home}     demo.json: {home}/demo.json
 
 Issue a certificate from a CSR made by openssl:
@@ -379,19 +384,25 @@ Fetch and check the CRL:
   curl -s {info['crl_url']} -o /tmp/issuing.crl && openssl crl -inform DER -in /tmp/issuing.crl -CAfile {info['issuing_ca']} -noout
 
 CA certificates: {info['base_url']}/ca/root.cer  {info['base_url']}/ca/issuing.cer
-{cmp_instructions(info)}"""
+{cmp_instructions(info)}{est_instructions(info)}"""
 
 
-def run_demo(directory: Path, *, port: int, serve: bool = True) -> None:
-    info = prepare_demo(directory, port=port)
+def run_demo(directory: Path, *, port: int, tls_port: int | None = None, serve: bool = True) -> None:
+    info = prepare_demo(directory, port=port, tls_port=tls_port)
     if not serve:
         print(instructions(info).replace("is serving on", "is ready (not serving) for"))
         return
     from ztpki.server import serve as run_server
 
     settings = Instance.open(Path(info["home"])).settings
+    approver = AutoApprover(settings.home)
 
-    def when_ready(_server: Any) -> None:
+    def when_ready() -> None:
+        # Started only now: the servers have forked, so no token or database
+        # connection of this thread crosses a fork.
+        approver.start()
         print(instructions(info), flush=True)
 
-    run_server(settings.home, host="127.0.0.1", port=settings.port, workers=2, on_ready=when_ready)
+    code = run_server(settings.home, host="127.0.0.1", port=settings.port, workers=2, on_ready=when_ready)
+    approver.stopped.set()
+    sys.exit(code)
