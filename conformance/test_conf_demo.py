@@ -6,6 +6,7 @@ be refused) behaves as described.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -214,3 +215,59 @@ def test_refused_devices(demo: Demo, tmp_path: Path, which: str, fail_info: str)
               check=False)
     assert fail_info in out
     assert not cert.exists()
+
+
+# -- EST over the demo's HTTPS (issue 6) ---------------------------------------------------------
+
+
+def printed_est_commands(printed: str) -> list[str]:
+    """The shell lines of the printed EST section up to strongSwan's, continuation lines joined."""
+    section = printed[printed.index("Enrol over EST"):printed.index("strongSwan 5.9 pki")]
+    joined = re.sub(r"\\\n\s*", " ", section)
+    starts = ("curl ", "openssl ", "sleep ")
+    return [line for line in (raw.strip() for raw in joined.splitlines()) if line.startswith(starts)]
+
+
+def test_demo_json_describes_est(demo: Demo) -> None:
+    info, est = demo.info, demo.info["est"]
+    assert info["est_url"] == f"https://127.0.0.1:{demo.port + 1}/.well-known/est"
+    assert len(est["extra_credentials"]) >= 20
+    assert all(Path(est[k]).is_file() for k in ("tls_ca", "device_cert", "device_key"))
+    assert est["pending_url"].startswith(info["est_url"] + "/")
+    assert info["est_url"] in demo.printed
+
+
+def test_printed_est_commands_run_as_printed(demo: Demo) -> None:
+    commands = printed_est_commands(demo.printed)
+    assert sum("/simpleenroll" in c for c in commands) >= 5 and any("/simplereenroll" in c for c in commands)
+    codes = []
+    for command in commands:
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
+                              env=clean_env(), timeout=60)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"`{command}` exited {proc.returncode}\n{out}\n--- demo ---\n{demo.log()}"
+        if "%{http_code}" in command:
+            codes.append(proc.stdout.strip())
+        if " -i " in command:
+            assert re.match(r"HTTP/\S+ 202", proc.stdout) and "retry-after" in proc.stdout.lower(), out
+        if command.startswith("openssl verify"):
+            assert proc.stdout.strip().endswith("OK"), out
+        demo.assert_alive()
+    assert codes == ["401", "401", "403"], codes
+
+
+def test_an_extra_est_credential_is_good_for_one_enrolment(demo: Demo, tmp_path: Path) -> None:
+    est = demo.info["est"]
+    credential = est["extra_credentials"][3]
+    codes = []
+    for name in ("one", "two"):  # two requests (the same one again would get its first answer)
+        der = tmp_path / f"{name}.der"
+        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", tmp_path / f"{name}.key", "-subj", f"/CN={name}", "-outform", "DER", "-out", der])
+        (tmp_path / f"{name}.csr").write_text(base64.encodebytes(der.read_bytes()).decode())
+        codes.append(run([
+            "curl", "-sS", "--cacert", est["tls_ca"], "-o", "/dev/null", "-w", "%{http_code}",
+            "--user", f"{credential['user']}:{credential['password']}", "-H", "Content-Type: application/pkcs10",
+            "--data-binary", f"@{tmp_path / f'{name}.csr'}", f"{demo.info['est_url']}/simpleenroll",
+        ]).stdout)
+    assert codes == ["200", "401"], codes

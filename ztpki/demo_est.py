@@ -46,7 +46,7 @@ APPROVAL_PROFILE = "ucpe-approval"
 EST_DEVICE = "DEMO-UCPE-0001"  # the reusable password credential's device
 EXTRA_EST_DEVICES = tuple(f"DEMO-UCPE-{n:04d}" for n in range(2, 26))  # one-time passwords
 APPROVAL_DEVICE = "DEMO-UCPE-APPROVAL"
-AUTO_APPROVE_SECONDS = 3
+AUTO_APPROVE_SECONDS = 2
 RENEW_BEFORE = timedelta(days=30)
 
 
@@ -178,7 +178,7 @@ class AutoApprover(threading.Thread):
     supervisor process, after the servers forked; reads the store only, the
     token is the CLI's business."""
 
-    def __init__(self, home: Path, interval: float = 1.0) -> None:
+    def __init__(self, home: Path, interval: float = 0.5) -> None:
         super().__init__(name="ztpki-demo-approver", daemon=True)
         self.home = home
         self.interval = interval
@@ -257,11 +257,11 @@ Refused: no credentials (401), a wrong password (401), a blocked device (403):
   {curl} -o /dev/null -w '%{{http_code}}\\n' --user {est['user']}:wrong {post} @{t}/est.csr {url}/simpleenroll
   {curl} -o /dev/null -w '%{{http_code}}\\n' --cert {blocked['cert']} --key {blocked['key']} {post} @{t}/est.csr {url}/simpleenroll
 
-Waiting for approval: 202 with Retry-After, then (the demo approves after {est['auto_approve_seconds']} s,
-as `ztpki requests approve ID` would) the same request again gets the certificate:
+Waiting for approval: 202 with Retry-After, then the same request again gets the certificate
+(the demo approves after {est['auto_approve_seconds']} s with `ztpki requests approve ID`, as an administrator would):
   {csr} -keyout {t}/wait.key -subj "/CN=approval" -outform DER | openssl base64 > {t}/wait.csr
   {curl} -i --user {pending['user']}:{pending['password']} {post} @{t}/wait.csr {est['pending_url']}/simpleenroll
-  sleep 5; {curl} --user {pending['user']}:{pending['password']} {post} @{t}/wait.csr {est['pending_url']}/simpleenroll | {p7}
+  sleep 10; {curl} --user {pending['user']}:{pending['password']} {post} @{t}/wait.csr {est['pending_url']}/simpleenroll | {p7}
 
 strongSwan 5.9 pki (one-time credential {extra['user']}; pki --est polls a 202 every --interval):
   pki --estca --url {server} --cacert {ca} --caout {t}/pki-ca.pem --outform pem --force
