@@ -251,6 +251,10 @@ class EnrolmentCore:
             record = self.cas.store.certificate(serial)
         except NotFound:
             raise Refusal(RejectReason.BAD_REQUEST, f"no certificate {serial:x}") from None
+        if request.revoke_issuer is not None:
+            issuer = self.cas.authority(record.authority).certificate.subject.public_bytes()
+            if request.revoke_issuer != issuer:
+                raise Refusal(RejectReason.BAD_REQUEST, f"no certificate {serial:x} from the issuer named")
         if record.device_id != device.serial:
             raise Refusal(RejectReason.NOT_AUTHORIZED, f"certificate {serial:x} is not device {device.serial}'s")
         try:

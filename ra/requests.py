@@ -156,6 +156,9 @@ class EnrolmentRequest:
     # For revocation: the certificate to revoke and the reason asked for.
     revoke_serial: int | None = None
     revoke_reason: str | None = None
+    # The issuer the request names with the serial (CMP certDetails issuer,
+    # RFC 9483 §4.2), as Name DER; when given it must be the certificate's.
+    revoke_issuer: bytes | None = None
     peer: str | None = None  # remote address, for audit and rate limits
     received_at: datetime | None = None
 

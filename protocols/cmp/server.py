@@ -416,6 +416,7 @@ class CmpServer:
             transaction_id=exchange.transaction_id.hex(),
             revoke_serial=details[0].serial_number,
             revoke_reason=details[0].reason or "unspecified",
+            revoke_issuer=details[0].issuer,
             peer=exchange.peer,
             received_at=self.clock(),
         )

@@ -1196,8 +1196,6 @@ def test_poll_req(world: World, server: CmpServer, spec: dict[str, Any]) -> None
         assert outcome.kind == "error"
 
 
-@pytest.mark.xfail(strict=True, reason="rr's issuer is read (readers.RevocationRequest.issuer) but never compared: "
-                   "server._revoke hands only the serial to the core; the fix belongs in server.py/ra.core")
 def test_rr_naming_another_issuer_is_refused(world: World, server: CmpServer, bystander: int) -> None:
     """RFC 9483 §4.2: certDetails names the certificate by issuer and serialNumber;
     an rr for (some other CA, our serial) names no certificate we issued."""
