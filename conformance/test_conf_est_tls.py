@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import signal
 import time
 import tomllib
 import urllib.parse
@@ -376,3 +377,26 @@ def test_strongswan_pki_estca_and_est_with_userpass_then_client_certificate(setu
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# -- the client CA bundle follows the vendor anchors ------------------------------------------------
+
+
+def test_a_vendor_added_while_serving_is_in_the_bundle_after_sighup(setup: Setup, workdir: Path) -> None:
+    _root(workdir, "nroot", "Newco Root")
+    _device(workdir, "NEWCO-1", "nroot")
+    (workdir / "newco.csv").write_text("serial,vendor,profile\nNEWCO-1,newco,ucpe\n")
+    ztpki("vendors", "add", "newco", "--root", workdir / "nroot.pem", home=setup.inst.home)
+    ztpki("devices", "import", workdir / "newco.csv", home=setup.inst.home)
+    args = ("--cert", workdir / "NEWCO-1.pem", "--key", workdir / "NEWCO-1.key")
+    before = curl(setup, f"{setup.tls_url}/simpleenroll", *args, body=csr_b64(workdir, "n1"), check_tls=False)
+    assert before.status == 0  # the bundle was written at start
+    assert setup.server.proc is not None
+    setup.server.proc.send_signal(signal.SIGHUP)  # the supervisor rewrites it, gunicorn renews its workers
+    deadline = time.monotonic() + 20
+    while True:
+        after = curl(setup, f"{setup.tls_url}/simpleenroll", *args, body=csr_b64(workdir, "n2"), check_tls=False)
+        if after.status or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert "NEWCO-1" in verify(setup, certificates(after, workdir, "n2")), setup.server.log()
