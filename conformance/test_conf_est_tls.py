@@ -350,9 +350,6 @@ def pki(*args: object) -> str:
     return proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "strongSwan 5.9.8's pki cannot decode base64 with line breaks (STANDARDS.md) and cannot use an "
-    "EST label; the EST replies need Route.line_length None for it (by User-Agent), protocols/est's part"))
 def test_strongswan_pki_estca_and_est_with_userpass_then_client_certificate(setup: Setup, workdir: Path) -> None:
     server = f"https://127.0.0.1:{setup.tls_port}"
     pki("--estca", "--url", server, "--cacert", setup.inst.root_pem, "--caout", workdir / "ca.pem",

@@ -56,6 +56,7 @@ def make_blueprint(server: EstServer, transport: Transport = no_transport_facts)
             client_chain=client_chain,
             tls_unique=tls_unique,
             peer=request.remote_addr,
+            user_agent=request.headers.get("User-Agent"),
         ))
         response = Response(reply.body, status=reply.status, headers=reply.headers)
         if operation in ENROLMENT_OPERATIONS:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -116,6 +116,7 @@ class EstRequest:
     client_chain: tuple[x509.Certificate, ...] | None = None
     tls_unique: bytes | None = None
     peer: str | None = None
+    user_agent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,12 @@ class EstServer:
         route = self.route(request.label)
         if route is None:
             raise EstRefusal(404, "unknown_label", f"no EST label {(request.label or '')[:64]!r}")
+        if not request.user_agent:
+            # strongSwan 5.9.8's `pki --est` sends no User-Agent and cannot
+            # decode base64 with line breaks (it decodes the body in one
+            # piece); curl, libest and browsers send one, and libest wants
+            # 64-character lines (RFC 7030 §4, ../shared/STANDARDS.md).
+            route = replace(route, line_length=None)
         # HEAD is GET without the body (RFC 9110 §9.3.2); Flask routes it here.
         asked = "GET" if request.method.upper() == "HEAD" else request.method.upper()
         if asked != method:

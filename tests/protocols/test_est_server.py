@@ -98,14 +98,22 @@ def csr_b64(key: Any = None, **options: Any) -> bytes:
 
 
 def test_cacerts_is_the_issuing_chain_up_to_the_root_in_64_character_lines(world: World, server: EstServer) -> None:
-    reply = server.handle(EstRequest(operation="cacerts", method="GET"))
+    reply = server.handle(EstRequest(operation="cacerts", method="GET", user_agent="curl/7.88.1"))
     assert reply.status == 200
     assert (reply.headers["Content-Type"], reply.headers["Content-Transfer-Encoding"]) == (CERTS_ONLY, "base64")
     chain = world.instance.cas.authority().chain
     assert len(chain) >= 2 and chain[-1].subject == chain[-1].issuer
     assert set(certs_of(reply.body)) == set(chain)
     lines = reply.body.split(b"\r\n")
-    assert all(len(line) == 64 for line in lines[:-2])
+    assert len(lines) > 3 and lines[-1] == b""
+    assert all(len(line) == 64 for line in lines[:-2]) and 0 < len(lines[-2]) <= 64
+
+
+def test_a_client_without_user_agent_gets_base64_without_line_breaks(world: World, server: EstServer) -> None:
+    # strongSwan 5.9.8's pki --est: no User-Agent, and it cannot decode line breaks.
+    reply = server.handle(EstRequest(operation="cacerts", method="GET"))
+    assert reply.status == 200 and b"\n" not in reply.body and b"\r" not in reply.body
+    assert set(certs_of(reply.body)) == set(world.instance.cas.authority().chain)
 
 
 def test_a_label_names_an_issuing_ca_or_a_profile_and_an_unknown_label_is_404(world: World, server: EstServer) -> None:
