@@ -79,13 +79,8 @@ def cmp_server_for(instance: Instance) -> CmpServer:
         return tuple(c.public_bytes(serialization.Encoding.DER) for c in authority.chain)
 
     def route_of(label: str | None) -> Route | None:
-        if label is None:
-            return Route()
-        if any(record.name == label for record in instance.store.list_authorities() if record.kind == "issuing"):
-            return Route(ca=label)
-        if label in instance.cas.profiles:
-            return Route(profile=label)
-        return None
+        target = instance.label_target(label)
+        return Route(ca=target[0], profile=target[1]) if target is not None else None
 
     def current_crl(route: Route) -> bytes | None:
         try:

@@ -111,6 +111,18 @@ class Instance:
             refresh=timedelta(seconds=self.settings.ocsp_refresh_seconds),
         )
 
+    def label_target(self, label: str | None) -> tuple[str | None, str | None] | None:
+        """(issuing CA, profile) a protocol path label names (RFC 9483 §6.1,
+        RFC 7030 §3.2.2): an issuing CA's name or a profile's; (None, None)
+        without a label; None for a label that names neither."""
+        if label is None:
+            return None, None
+        if any(record.name == label for record in self.store.list_authorities() if record.kind == "issuing"):
+            return label, None
+        if label in self.cas.profiles:
+            return None, label
+        return None
+
     def cmp_protection(self, ca: str | None = None) -> ProtectionIdentity:
         """The CMP protection key and certificate of CA `ca` (the default CA),
         made on first use, renewed near expiry; the store holds the truth and

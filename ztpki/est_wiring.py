@@ -27,13 +27,8 @@ SHA256_WITH_RSA = "1.2.840.113549.1.1.11"
 
 def est_route_of(instance: Instance, label: str | None) -> Route | None:
     """A label names an issuing CA or a profile (RFC 7030 §3.2.2), as CMP's."""
-    if label is None:
-        return Route()
-    if any(record.name == label for record in instance.store.list_authorities() if record.kind == "issuing"):
-        return Route(ca=label)
-    if label in instance.cas.profiles:
-        return Route(profile=label)
-    return None
+    target = instance.label_target(label)
+    return Route(ca=target[0], profile=target[1]) if target is not None else None
 
 
 def _profile_for(instance: Instance, route: Route) -> Profile | None:
