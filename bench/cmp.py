@@ -742,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         args.retries = 0 if args.quick else 2
     ctx = mp.get_context(args.start_method)
 
-    from ra.core import CorePolicy
+    from ztpki.config import RaSettings
     from ztpki.setup_instance import init_instance
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -761,22 +761,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         home = tmp / "home"
         init_instance(home, database=args.database).close()
-        if args.sqlite_synchronous:
-            from ztpki.config import load_settings, write_settings
+        from ztpki.config import load_settings, write_settings
 
-            write_settings(dataclasses.replace(load_settings(home), sqlite_synchronous=args.sqlite_synchronous))
+        # The global rate limit ([ra] global_limit, 200/s by default) would cap
+        # the run: raise it, and say so below.
+        configured = load_settings(home)
+        write_settings(dataclasses.replace(
+            configured,
+            ra=dataclasses.replace(configured.ra, global_limit=1_000_000),
+            sqlite_synchronous=args.sqlite_synchronous or configured.sqlite_synchronous,
+        ))
         instance = _open_instance(home)
         settings = instance.settings
         instance.close()
         configured_lint = enb_lint(home)
-        policy = CorePolicy()
+        ra = settings.ra
         _say(f"# instance: EC P-256 CA in its own SoftHSM2 token, store {settings.database.split('://')[0]}"
              + (f" (synchronous {settings.sqlite_synchronous})" if settings.database.startswith("sqlite") else ""))
         _say(f"# profile {PROFILE!r}: lint = {str(configured_lint).lower()} in HOME/profiles.toml as `ztpki init` wrote it")
-        _say(f"# rate limits (ra/core.py CorePolicy; ztpki.toml has no setting for them, so they stay as they are): "
-             f"global {policy.global_limit} requests/{policy.global_window} s, "
-             f"{policy.per_device_limit} per device/{policy.per_device_window} s. Every device enrols once "
-             f"(certConf does not count); a run near {policy.global_limit}/s would see 'busy' refusals, counted below.")
+        _say(f"# rate limits ([ra] in ztpki.toml): global raised to {ra.global_limit} requests/{ra.global_window_seconds} s "
+             f"(default {RaSettings().global_limit}), {ra.per_device_limit} per device/{ra.per_device_window_seconds} s. "
+             f"Every device enrols once (certConf does not count); 'busy' refusals are counted below.")
         _say("# MAC credentials: one per device, no use limit (create_mac default); PasswordBasedMac, 500 iterations")
 
         sign = token_sign_rate(ctx, home, 1.0 if args.quick else min(seconds, 3.0))
@@ -801,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             # on the machine must not shrink the pools (a client that runs out stops early).
             per_enrolment = statistics.median(probe["each"][2:])
             cpu_per_enrolment = statistics.median(probe["each_cpu"][2:])
-            ceiling = min(args.workers / cpu_per_enrolment, float(CorePolicy().global_limit))
+            ceiling = min(args.workers / cpu_per_enrolment, float(ra.global_limit))
             _say(f"\n## {label}: in-process handle(ir)+handle(certConf) {1e3 * per_enrolment:.1f} ms wall, "
                  f"{1e3 * cpu_per_enrolment:.1f} ms CPU (median of {len(probe['each']) - 2}; no HTTP) "
                  f"-> pools sized for up to {1.5 * ceiling:,.0f} enrolments/s")

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from hsm import Token, TokenSealer
 from protocols.cmp.context import CmpPolicy
 from ra.audit import AuditLog
-from ra.core import EnrolmentCore
+from ra.core import CorePolicy, EnrolmentCore
 from ra.pending import PendingRequests
 from ra.ratelimit import RateLimiter
 from ra.transactions import CmpTransactions
@@ -163,6 +163,7 @@ class Instance:
 
     @cached_property
     def core(self) -> EnrolmentCore:
+        ra = self.settings.ra
         return EnrolmentCore(
             cas=self.cas,
             revocations=self.revocations,
@@ -173,6 +174,13 @@ class Instance:
             audit=self.audit,
             pending=self.pending,
             limiter=self.limiter,
+            policy=CorePolicy(
+                per_device_limit=ra.per_device_limit,
+                per_device_window=ra.per_device_window_seconds,
+                global_limit=ra.global_limit,
+                global_window=ra.global_window_seconds,
+                poll_interval=ra.poll_interval_seconds,
+            ),
         )
 
     @cached_property

@@ -93,6 +93,45 @@ class CmpSettings:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
+RA_BOUNDS = {
+    "per_device_limit": (1, 1_000_000),
+    "per_device_window_seconds": (1, 3_600),  # ra.ratelimit.MAX_WINDOW_SECONDS
+    "global_limit": (1, 10_000_000),
+    "global_window_seconds": (1, 3_600),
+    "poll_interval_seconds": (1, 86_400),
+}
+
+
+@dataclass(frozen=True)
+class RaSettings:
+    """The enrolment core's rate limits and polling hint ([ra] in ztpki.toml).
+
+    A request over either limit is refused as busy (CMP systemUnavail, EST
+    503 with Retry-After) and not counted, so a device retrying later gets in.
+    """
+
+    per_device_limit: int = 10  # requests of one device per window
+    per_device_window_seconds: int = 60
+    global_limit: int = 200  # requests of all devices per window
+    global_window_seconds: int = 1
+    poll_interval_seconds: int = 30  # how long a pending client should wait before asking again
+
+    def to_table(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _ra_settings(section: dict[str, Any]) -> RaSettings:
+    defaults = RaSettings()
+    unknown = set(section) - set(vars(defaults))
+    if unknown:
+        raise ConfigError(f"[ra] unknown key(s) {', '.join(sorted(unknown))}")
+    values = {key: _typed(section, key, int, default, "ra") for key, default in vars(defaults).items()}
+    for key, (low, high) in RA_BOUNDS.items():
+        if not low <= values[key] <= high:
+            raise ConfigError(f"[ra] {key} must be from {low} to {high}")
+    return RaSettings(**values)
+
+
 TLS_CLIENT_CA_NAME = "tls-client-ca.pem"
 
 
@@ -195,6 +234,7 @@ class Settings:
     ocsp_validity_minutes: int = 60
     ocsp_refresh_seconds: int = 300
     cmp: CmpSettings = field(default_factory=CmpSettings)
+    ra: RaSettings = field(default_factory=RaSettings)
     tls: TlsSettings | None = None
     est: EstSettings = field(default_factory=EstSettings)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -263,6 +303,7 @@ class Settings:
                 "refresh_seconds": self.ocsp_refresh_seconds,
             },
             "cmp": self.cmp.to_table(),
+            "ra": self.ra.to_table(),
             **({"tls": self.tls.to_table()} if self.tls is not None else {}),
             "est": self.est.to_table(),
             **self.extra,
@@ -375,7 +416,7 @@ def load_settings(home: Path) -> Settings:
     ocsp = _section(data, "ocsp")
     cmp = _section(data, "cmp")
     est = _section(data, "est")
-    known = {"instance", "token", "serve", "crl", "ocsp", "cmp", "tls", "est"}
+    known = {"instance", "token", "serve", "crl", "ocsp", "cmp", "ra", "tls", "est"}
     port = _typed(serve, "port", int, DEFAULT_PORT, "serve")
     return Settings(
         home=home.resolve(),
@@ -399,6 +440,7 @@ def load_settings(home: Path) -> Settings:
         ocsp_validity_minutes=_typed(ocsp, "validity_minutes", int, 60, "ocsp"),
         ocsp_refresh_seconds=_typed(ocsp, "refresh_seconds", int, 300, "ocsp"),
         cmp=_cmp_settings(cmp, home.resolve()),
+        ra=_ra_settings(_section(data, "ra")),
         tls=_tls_settings(data.get("tls"), port),
         est=_est_settings(est),
         extra={k: v for k, v in data.items() if k not in known},
