@@ -99,3 +99,43 @@ def test_insert_if_absent_reports_a_taken_key_and_keeps_the_unit_usable(any_stor
         # PostgreSQL would refuse every later statement had the INSERT failed
         any_store.complete_issuance(authority, 4, b"\x30\x03\x02\x01\x04")
     assert _status(any_store, 4) == "valid"
+
+
+# -- the SQLite writer gate --------------------------------------------------------------
+
+
+def _gate_is_free(database: Path) -> bool:
+    import fcntl
+    import os
+
+    fd = os.open(str(database) + ".writers", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return True
+
+
+def test_a_unit_holds_the_writer_gate_from_its_first_write_to_each_commit(tmp_path: Path) -> None:
+    database = tmp_path / "gate.db"
+    store = Store.open(f"sqlite:///{database}")
+    try:
+        authority = _authority(store)
+        _reserve(store, authority, 10)
+        with db.unit_of_work(store.engine):
+            store.certificate(10)  # reads do not queue
+            assert _gate_is_free(database)
+            _reserve(store, authority, 11)  # a write, then reserve_serial's commit point
+            assert _gate_is_free(database)
+            store.complete_issuance(authority, 11, b"\x30\x03\x02\x01\x0b")
+            assert not _gate_is_free(database)  # another worker's writer would queue now
+        assert _gate_is_free(database)
+        with pytest.raises(Boom):
+            with db.unit_of_work(store.engine):
+                store.complete_issuance(authority, 10, b"\x30\x03\x02\x01\x0a")
+                raise Boom
+        assert _gate_is_free(database)  # released on rollback too
+    finally:
+        store.close()
