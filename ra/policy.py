@@ -31,7 +31,10 @@ def device_subject(serial: str, tenant: str | None, profile: Profile) -> x509.Na
 
 def device_names(serial: str, mac: str | None, imei: str | None) -> set[str]:
     """Lower-case SAN values that identify this device."""
-    names = {serial.lower(), f"urn:dev:serial:{serial.lower()}"}
+    # No URN for the bare serial: RFC 9039 registers mac, ow, org, os and ops
+    # (the last two need the vendor's OUI, which the registry does not hold),
+    # and pkilint refused urn:dev:serial:<serial> when it was allowed here.
+    names = {serial.lower()}
     if mac:
         # RFC 9039 §4.1: urn:dev:mac with the hex digits, no separators.
         names.add(f"urn:dev:mac:{mac.replace(':', '').replace('-', '').lower()}")
