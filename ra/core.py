@@ -94,6 +94,11 @@ class EnrolmentCore:
             profile = self._authorize(request, auth, device)
             order = self._order(request, profile, device)
             if profile.approval == "manual":
+                if request.server_generated_key:
+                    # The key is not kept, so an approval later could only
+                    # certify a key nobody holds (RFC 7030 §4.4).
+                    raise Refusal(RejectReason.POLICY_VIOLATION,
+                                  f"profile {profile.name!r} needs approval; a key made by the server cannot wait for it")
                 return self._hold(request, auth, device.serial, order)
             return self._issue(request, auth, order)
         except Refusal as refusal:

@@ -159,6 +159,9 @@ class EnrolmentRequest:
     # The issuer the request names with the serial (CMP certDetails issuer,
     # RFC 9483 §4.2), as Name DER; when given it must be the certificate's.
     revoke_issuer: bytes | None = None
+    # The server made the key pair (EST serverkeygen) and does not keep it:
+    # such a request cannot wait for manual approval.
+    server_generated_key: bool = False
     peer: str | None = None  # remote address, for audit and rate limits
     received_at: datetime | None = None
 

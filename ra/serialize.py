@@ -77,6 +77,7 @@ def encode_request(request: EnrolmentRequest) -> bytes:
         "revoke_serial": request.revoke_serial,
         "revoke_reason": request.revoke_reason,
         "revoke_issuer": _b64(request.revoke_issuer) if request.revoke_issuer is not None else None,
+        "server_generated_key": request.server_generated_key,
         "peer": request.peer,
         "received_at": request.received_at.isoformat() if request.received_at is not None else None,
     }
@@ -171,6 +172,7 @@ def _decode(d: dict[str, Any]) -> EnrolmentRequest:
         revoke_reason=_optional_str(d["revoke_reason"]),
         # Absent in requests stored before the field existed.
         revoke_issuer=_unb64(d["revoke_issuer"]) if d.get("revoke_issuer") is not None else None,
+        server_generated_key=_bool(d.get("server_generated_key", False)),
         peer=_optional_str(d["peer"]),
         received_at=datetime.fromisoformat(received_at) if received_at is not None else None,
     )

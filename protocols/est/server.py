@@ -284,6 +284,7 @@ class EstServer:
             ca=route.ca,
             profile=route.profile,
             transaction_id=transaction_id(request.operation, facts, chain, basic, server_key),
+            server_generated_key=server_key is not None,
             peer=request.peer,
         )
         with self.unit_of_work():

@@ -361,6 +361,16 @@ def test_serverkeygen_returns_a_key_matching_the_certificate_and_keeps_no_copy(w
             assert parts[0][1] not in data and scalar not in data, path
 
 
+def test_serverkeygen_under_manual_approval_is_refused_and_leaves_nothing_to_approve(world: World, server: EstServer) -> None:
+    # The key is not kept: an approval later could only certify a key nobody holds.
+    device = world.device(profile="ucpe-manual")
+    username, secret = world.instance.credentials.create_password(device_serial=device)
+    reply = enrol(server, csr_b64(), operation="serverkeygen", authorization=basic(username, secret))
+    assert "policy_violation" in refused(reply, 400)
+    assert world.instance.pending.list(status="pending", device=device) == []
+    assert certificates_of(world, device) == []
+
+
 def test_serverkeygen_with_a_bad_csr_signature_is_400(world: World, server: EstServer, device: str, password: str) -> None:
     der = bytearray(make_csr())
     der[-5] ^= 1

@@ -146,6 +146,7 @@ def _requests(evidence: st.SearchStrategy[Any]) -> st.SearchStrategy[EnrolmentRe
         revoke_serial=st.one_of(st.none(), st.integers(1, 2**159)),
         revoke_reason=st.one_of(st.none(), st.sampled_from(["keyCompromise", "superseded"])),
         revoke_issuer=st.one_of(st.none(), st.binary(min_size=2, max_size=40)),
+        server_generated_key=st.booleans(),
         peer=st.one_of(st.none(), st.ip_addresses().map(str)),
         received_at=_moment,
     )
