@@ -27,13 +27,11 @@ ssl context that trusts the instance's root. CSRs (EC P-256, subject
 CN + serialNumber = the device, base64 bodies) are built before the timed
 window. Auth modes:
 
-- basic: HTTP Basic with a password credential (Credentials.create_password,
-  the instance's scrypt cost). One batch credential per client without a use
-  limit (the device names itself by the CSR's serialNumber): the server
-  checks one scrypt hash per request, as it would with one password per
-  device, but setting up one scrypt hash per device (~50 ms each) for
-  thousands of devices would take minutes. One persistent connection per
-  client (keep-alive): the rate this issue asks for.
+- basic: HTTP Basic with a password credential (Credentials.create_password).
+  One batch credential per client without a use limit (the device names
+  itself by the CSR's serialNumber): the server checks one password hash per
+  request, as it would with one password per device. One persistent
+  connection per client (keep-alive): the rate this issue asks for.
 - tls: the device's IDevID as TLS client certificate. A TLS client
   certificate belongs to a connection, so every enrolment opens a new
   connection (one full handshake with client-certificate verification) for
@@ -50,12 +48,12 @@ Printed: enrolments/s per client count and auth mode; GET /health over the
 TLS port with the same clients and keep-alive, and the ratio (goal ≥ 50 %);
 GET /health with a new TLS connection per request (the handshake cost);
 server CPU per request; client CPU; TLS handshakes (connections) per
-request; the token's raw signing rate; scrypt's cost; other load; errors.
+request; the token's raw signing rate; the password hash cost; other load; errors.
 
 --profile: with the server stopped, M enrolments in-process through
 est_server_for(instance).handle(EstRequest) (no HTTP, no TLS, lint off,
 Basic auth): a step breakdown (CSR parse/verify, core decide, password check
-with scrypt, issue, certs-only encoding) and cProfile of the handle() calls;
+(the password hash), issue, certs-only encoding) and cProfile of the handle() calls;
 then whether two password checks overlap, alone and inside a unit of work
 after a rate-limit write (as core.decide runs them).
 
@@ -567,8 +565,8 @@ STEPS = (
     ("txid", "transaction_id (hash of operation, CSR, identity)", None),
     ("decide", "core decide, in the request's unit of work", None),
     ("authenticate", "↳ authenticate", "decide"),
-    ("check_password", "  ↳ Credentials.check_password (SELECT, scrypt, UPDATE uses)", "authenticate"),
-    ("scrypt", "    ↳ verify_secret (scrypt)", "check_password"),
+    ("check_password", "  ↳ Credentials.check_password (SELECT, hash, UPDATE uses)", "authenticate"),
+    ("scrypt", "    ↳ verify_secret (password hash)", "check_password"),
     ("limiter", "↳ rate limit counters", "decide"),
     ("registry", "↳ registry.get (device)", "decide"),
     ("issue", "↳ cas.issue (template, lint if on, store, token sign, verify)", "decide"),
@@ -627,8 +625,9 @@ def _instrument(instance: Any, steps: Any) -> None:
 
 def lock_check(home: Path, workdir: Path, count: int = 10) -> dict[str, float]:
     """Wall seconds for 2 threads x count password checks, alone and inside a
-    unit of work after a rate-limit write (as core.decide runs them): scrypt
-    releases the GIL, so only a lock keeps the two apart."""
+    unit of work after a rate-limit write that is not committed first (as
+    core.decide ran them before it committed its global count): a slow hash
+    releases the GIL, so only SQLite's write lock keeps the two apart."""
     import threading
 
     from ca import db
@@ -663,16 +662,20 @@ def lock_check(home: Path, workdir: Path, count: int = 10) -> dict[str, float]:
 
 
 def scrypt_cost() -> tuple[str, float]:
-    """The instance's password hash cost and one verify's CPU time (median of 5)."""
-    from vendor_trust.hashing import DEFAULT_COST, hash_secret, verify_secret
+    """The hash create_password stores and one verify's CPU time (median of 5).
 
-    encoded = hash_secret(b"user\0password", DEFAULT_COST)
+    Generated EST passwords (144 random bits) are stored as a salted SHA-256
+    since 2026-11-23; before, as scrypt ln=14 (~35 ms per verify, 80-86 % of
+    a Basic enrolment's server CPU: see the README's first EST figures)."""
+    from vendor_trust.hashing import hash_random_secret, verify_secret
+
+    encoded = hash_random_secret(b"user\0password")
     times = []
     for _ in range(5):
-        c0 = time.process_time()
+        c0 = time.perf_counter()
         verify_secret(b"user\0password", encoded)
-        times.append(time.process_time() - c0)
-    return f"scrypt ln={DEFAULT_COST.log_n}, r={DEFAULT_COST.r}, p={DEFAULT_COST.p}", statistics.median(times)
+        times.append(time.perf_counter() - c0)
+    return "salted SHA-256 (generated 144-bit passwords)", statistics.median(times)
 
 
 # --------------------------------------------------------------------------
@@ -788,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
              f"(default {RaSettings().global_limit}), {ra.per_device_limit} per device/{ra.per_device_window_seconds} s "
              "(unchanged; every device enrols once)")
         _say(f"# Basic: one batch password credential per client, no use limit; {cost_text}: "
-             f"{1e3 * scrypt_s:.1f} ms CPU per verify in this process")
+             f"{1e3 * scrypt_s:.3f} ms per verify in this process")
         _say("# TLS client auth: IDevIDs (P-256) under a vendor root the instance trusts; one new connection per enrolment")
 
         sign = token_sign_rate(ctx, home, 1.0 if args.quick else min(seconds, 3.0))
@@ -918,7 +921,7 @@ def _print_summary(summary: list[dict[str, Any]], sign: dict[str, Any], args: An
     basic = [r for r in summary if r["auth"] == "basic"]
     if basic:
         share = ", ".join(f"{100 * scrypt_s * 1e6 / r['server_us']:.0f} % ({r['label']}, {r['clients']} cl.)" for r in basic)
-        _say(f"Password check: {cost_text}, {1e3 * scrypt_s:.1f} ms CPU per verify (one per Basic enrolment): "
+        _say(f"Password check: {cost_text}, {1e3 * scrypt_s:.3f} ms per verify (one per Basic enrolment): "
              f"of the server CPU per Basic enrolment {share}.")
     if summary:
         r = summary[0]

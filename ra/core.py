@@ -82,7 +82,7 @@ class EnrolmentCore:
         """Decide one request; never raises for anything a client can cause."""
         auth: Authenticated | None = None
         try:
-            self._admit("global", self.policy.global_limit, self.policy.global_window)
+            self._admit("global", self.policy.global_limit, self.policy.global_window, commit=True)
             replay = self._replayed(request)
             if replay is not None:
                 return replay
@@ -108,8 +108,8 @@ class EnrolmentCore:
             busy = Refusal(RejectReason.SYSTEM_UNAVAILABLE, f"temporarily unable to issue: {exc}", 30)
             return self._refuse(request, auth, busy)
 
-    def _admit(self, key: str, limit: int, window: int) -> None:
-        retry_after = self.limiter.hit([(key, limit, window)])
+    def _admit(self, key: str, limit: int, window: int, *, commit: bool = False) -> None:
+        retry_after = self.limiter.hit([(key, limit, window)], commit=commit)
         if retry_after is not None:
             raise Refusal(RejectReason.SYSTEM_UNAVAILABLE, "busy: retry later", retry_after)
 

@@ -78,7 +78,7 @@ class RateLimiter:
         """hit() with the rules' keys for this device (and the global key)."""
         return self.hit(self.rules.keys(device))
 
-    def hit(self, keys: Sequence[RateKey]) -> int | None:
+    def hit(self, keys: Sequence[RateKey], *, commit: bool = False) -> int | None:
         """Count one request against every key's current window.
 
         Returns None when every key is within its limit, otherwise the
@@ -114,6 +114,11 @@ class RateLimiter:
                         .where(rate_counters.c.key == stored, rate_counters.c.window_start == start)
                         .values(count=rate_counters.c.count - 1)
                     )
+        if commit:
+            # Inside a request's unit of work: make the count durable now, so
+            # the write lock SQLite took for it is not held through the
+            # authentication that follows (a password or PIN check).
+            db.commit_point(self.engine)
         if self.cleanup_every > 0 and random.randrange(self.cleanup_every) == 0:
             self.delete_old(moment)
         return retry_after

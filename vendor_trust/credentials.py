@@ -32,8 +32,8 @@ from ca.db import now, utc
 from vendor_trust.hashing import (
     DEFAULT_COST,
     ScryptCost,
-    dummy_hash,
-    hash_secret,
+    dummy_random_secret_hash,
+    hash_random_secret,
     verify_secret,
 )
 from vendor_trust.schema import credentials
@@ -282,7 +282,9 @@ class Credentials:
         password = secrets.token_urlsafe(PASSWORD_BYTES)
         self._insert(
             reference=username, kind="password", device_serial=device_serial, batch=batch, profile=profile,
-            ttl=ttl, max_uses=max_uses, password_hash=hash_secret(_hash_input(username, password), self.cost),
+            # 144 random bits (PASSWORD_BYTES): a fast hash is as safe as scrypt
+            # here and keeps a Basic check cheap (vendor_trust/hashing.py).
+            ttl=ttl, max_uses=max_uses, password_hash=hash_random_secret(_hash_input(username, password)),
         )
         return username, password
 
@@ -331,10 +333,11 @@ class Credentials:
     def check_password(self, username: str, password: str) -> CredentialInfo:
         """Check an EST password and use it once, or raise BadCredential.
 
-        An unknown username is checked against a dummy hash of the same cost,
-        so the answer takes as long as for a real one and timing does not
-        tell which usernames exist. The hash is checked outside any
-        transaction (it takes ~50 ms); the use that follows is atomic.
+        An unknown username is checked against a dummy hash of the same
+        scheme, so the answer takes as long as for a real one and timing does
+        not tell which usernames exist (passwords stored by older versions
+        as scrypt hashes still check, at scrypt's cost). The use that
+        follows is atomic.
         """
         with db.connect(self.engine) as conn:
             row = conn.execute(
@@ -342,7 +345,7 @@ class Credentials:
                     credentials.c.reference == username, credentials.c.kind == "password"
                 )
             ).first()
-        encoded = row.password_hash if row is not None else dummy_hash(self.cost)
+        encoded = row.password_hash if row is not None else dummy_random_secret_hash()
         matches = verify_secret(_hash_input(username, password), encoded)
         if row is None:
             raise BadCredential("unknown", username)

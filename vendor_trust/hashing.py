@@ -1,11 +1,21 @@
-"""Slow salted hashes for the secrets we only need to check, never to read back
+"""Salted hashes for the secrets we only need to check, never to read back
 (EST passwords, one-time PINs), so that a copy of the database does not
 hand them out.
 
-Format: ``scrypt$ln=14,r=8,p=1$<salt>$<hash>`` (base64url without padding).
-The parameters travel with the hash, so raising the cost later leaves old
-hashes checkable. Named hashing.py: a module called secrets.py here would
-shadow the standard library's.
+Two schemes, chosen by the secret's strength:
+
+* ``scrypt$ln=14,r=8,p=1$<salt>$<hash>`` for secrets a person could guess
+  (one-time PINs): a stolen table must cost a guesser dearly. The
+  parameters travel with the hash, so raising the cost later leaves old
+  hashes checkable.
+* ``sha256$<salt>$<hash>`` for secrets the server generated with at least
+  128 random bits (EST passwords): nobody can search such a space, slow or
+  fast, so scrypt would only cost the server ~35 ms of CPU per check (the
+  whole of an EST Basic enrolment, bench/est.py) and hand anyone who sends
+  bogus Basic headers a cheap way to burn it.
+
+base64url without padding. Named hashing.py: a module called secrets.py here
+would shadow the standard library's.
 """
 
 from __future__ import annotations
@@ -61,6 +71,12 @@ def hash_secret(secret: bytes, cost: ScryptCost = DEFAULT_COST) -> str:
     return f"scrypt$ln={cost.log_n},r={cost.r},p={cost.p}${_b64(salt)}${_b64(digest)}"
 
 
+def hash_random_secret(secret: bytes) -> str:
+    """A fast salted hash, for secrets of at least 128 random bits only."""
+    salt = os.urandom(SALT_BYTES)
+    return f"sha256${_b64(salt)}${_b64(hashlib.sha256(salt + secret).digest())}"
+
+
 def _parse(encoded: str) -> tuple[ScryptCost, bytes, bytes]:
     scheme, params, salt, digest = encoded.split("$")
     if scheme != "scrypt":
@@ -72,6 +88,13 @@ def _parse(encoded: str) -> tuple[ScryptCost, bytes, bytes]:
 
 def verify_secret(secret: bytes, encoded: str) -> bool:
     """True if secret hashes to encoded; the final comparison is constant-time."""
+    if encoded.startswith("sha256$"):
+        try:
+            _, salt_text, digest_text = encoded.split("$")
+            salt, expected = _unb64(salt_text), _unb64(digest_text)
+        except ValueError:
+            salt, expected = b"\0" * SALT_BYTES, b""
+        return hmac.compare_digest(hashlib.sha256(salt + secret).digest(), expected)
     try:
         cost, salt, expected = _parse(encoded)
     except (ValueError, KeyError):
@@ -87,3 +110,9 @@ def dummy_hash(cost: ScryptCost = DEFAULT_COST) -> str:
     """A hash of a random secret nobody knows, with the given cost: checking a
     secret for an unknown name against it costs what a real check costs."""
     return hash_secret(os.urandom(HASH_BYTES), cost)
+
+
+@lru_cache(maxsize=1)
+def dummy_random_secret_hash() -> str:
+    """dummy_hash for hash_random_secret: an unknown name costs what a real one does."""
+    return hash_random_secret(os.urandom(HASH_BYTES))

@@ -157,12 +157,13 @@ def test_nonsense_limits_are_refused(creds: Credentials, limits: dict[str, Any])
 # -- EST passwords -------------------------------------------------------------------
 
 
-def test_a_password_is_checked_used_and_stored_only_as_a_scrypt_hash(engine: Engine) -> None:
-    creds = Credentials(engine, None)  # the default cost, as in production
+def test_a_password_is_checked_used_and_stored_only_as_a_salted_hash(engine: Engine) -> None:
+    creds = Credentials(engine, None)  # as in production
     username, password = creds.create_password(device_serial="SN-1", batch=None, profile="est", max_uses=2)
     assert username.startswith("est-") and len(password) == 24
     row = _row(engine, username)
-    assert row.password_hash.startswith("scrypt$ln=14,r=8,p=1$") and password not in row.password_hash
+    # 144 random bits: a salted SHA-256, not scrypt (vendor_trust/hashing.py says why).
+    assert row.password_hash.startswith("sha256$") and password not in row.password_hash
     assert row.sealed_secret is None
     info = creds.check_password(username, password)
     assert (info.device_serial, info.profile, info.uses, info.kind) == ("SN-1", "est", 1, "password")
@@ -184,9 +185,23 @@ def test_an_unknown_username_costs_a_full_hash_check_against_a_dummy(
     monkeypatch.setattr(credentials_module, "verify_secret", spy)
     assert _reason(lambda: creds.check_password("nobody", password)) == "unknown"
     assert _reason(lambda: creds.check_password("cpe-17", "guess")) == "wrong"
-    # Both took one scrypt check of the same cost; the first against the dummy.
+    # Both took one check of the same scheme; the first against the dummy.
     assert len(checked) == 2 and checked[0] != checked[1]
-    assert checked[0].split("$")[1] == checked[1].split("$")[1] == "ln=4,r=8,p=1"
+    assert checked[0].split("$")[0] == checked[1].split("$")[0] == "sha256"
+    assert creds.check_password(username, password).uses == 1
+
+
+def test_a_password_stored_as_scrypt_by_an_older_version_still_checks(creds: Credentials, engine: Engine) -> None:
+    from sqlalchemy import update
+
+    from vendor_trust.hashing import ScryptCost, hash_secret
+    from vendor_trust.schema import credentials
+
+    username, password = creds.create_password(device_serial="SN-7")
+    legacy = hash_secret(credentials_module._hash_input(username, password), ScryptCost(log_n=4))
+    with engine.begin() as conn:
+        conn.execute(update(credentials).where(credentials.c.reference == username).values(password_hash=legacy))
+    assert _reason(lambda: creds.check_password(username, password + "x")) == "wrong"
     assert creds.check_password(username, password).uses == 1
 
 
@@ -285,3 +300,17 @@ def test_eight_workers_consume_a_three_use_credential_exactly_three_times(postgr
         assert info is not None and info.uses == 3
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("encoded", ["sha256$", "sha256$$", "sha256$!!$??", "sha256$AAAA$AAAA$AAAA", "sha256$AAAAAAAAAAAAAAAAAAAAAA$"])
+def test_a_damaged_fast_hash_never_matches(encoded: str) -> None:
+    assert verify_secret(b"anything", encoded) is False
+
+
+def test_the_fast_hash_is_salted_and_checks() -> None:
+    from vendor_trust.hashing import hash_random_secret
+
+    first, second = hash_random_secret(b"s3cret"), hash_random_secret(b"s3cret")
+    assert first != second  # salted
+    assert verify_secret(b"s3cret", first) and verify_secret(b"s3cret", second)
+    assert not verify_secret(b"s3cret!", first)
