@@ -288,7 +288,9 @@ def p10_request(message: codec.PkiMessage) -> tuple[CertRequestFields, x509.Cert
         extensions = csr.extensions
         subject = csr.subject
         verified = csr.is_signature_valid
-    except (der.DerError, ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    # InvalidVersion (a version other than v1) is not a ValueError.
+    except (der.DerError, ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType) as exc:
         raise CertRequestError("PKCS #10 request does not parse: %s" % exc) from None
     sans, others = _split_extensions(extensions)
     pop = Pop.VERIFIED if verified else Pop.FAILED

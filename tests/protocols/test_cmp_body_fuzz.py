@@ -774,6 +774,22 @@ def build_csr(spec: dict[str, Any], key: Any) -> bytes:
     return builder.sign(key, algorithm).public_bytes(serialization.Encoding.DER)
 
 
+@fuzz(6)
+@given(st.sampled_from([1, 2, 127]))
+def test_p10cr_with_a_csr_version_other_than_v1_is_refused_not_a_system_failure(
+    world: World, server: CmpServer, version: int
+) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for such a CSR;
+    found by test_p10cr once in many runs (a mutation of the version byte)."""
+    csr = bytearray(x509.CertificateSigningRequestBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")]))
+                    .sign(new_key(), hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    position = csr.index(bytes([2, 1, 0]))  # CertificationRequestInfo.version INTEGER 0
+    csr[position + 2] = version
+    outcome = send(world, server, fresh_mac(world), der.wrap(0xA0 | BODY_P10CR, bytes(csr)))
+    assert check_cert_reply(outcome, "cp", -1) is None
+
+
 @fuzz(100)
 @given(p10_specs())
 def test_p10cr(world: World, server: CmpServer, spec: dict[str, Any]) -> None:
