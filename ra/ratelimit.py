@@ -138,10 +138,11 @@ class RateLimiter:
 
 
 def _increment_statement(dialect_insert: Any) -> Executable:
-    return dialect_insert(rate_counters).on_conflict_do_update(
+    statement: Executable = dialect_insert(rate_counters).on_conflict_do_update(
         index_elements=[rate_counters.c.key, rate_counters.c.window_start],
         set_={"count": rate_counters.c.count + 1},
     ).returning(rate_counters.c.count)
+    return statement
 
 
 # Built once (every request runs one or two): {is PostgreSQL: statement}.

@@ -23,6 +23,7 @@ from protocols.cmp import codec, der, macs
 from protocols.cmp.bodies import PkiStatus, StatusInfo, status_info_from_asn1
 from protocols.cmp.header import NULL_DN_GENERAL_NAME, PkiHeader, implicit_confirm_info
 from protocols.cmp.protection import (
+    MacAlgorithm,
     protect_with_mac,
     protect_with_signature,
     signature_algorithm_id,
@@ -93,10 +94,11 @@ def protect(credential: Credential, header: PkiHeader, body_der: bytes) -> bytes
     """The whole PKIMessage: MAC-protected (RFC 4210 §5.1.3.1, RFC 9481 §6.1)
     or signed with the chain in extraCerts (RFC 9483 §3.2)."""
     if isinstance(credential, MacCredential):
-        if credential.pbmac1:
-            algorithm = macs.new_pbmac1(iterations=credential.iterations)
-        else:
-            algorithm = macs.new_password_based_mac(iterations=credential.iterations)
+        algorithm: MacAlgorithm = (
+            macs.new_pbmac1(iterations=credential.iterations)
+            if credential.pbmac1
+            else macs.new_password_based_mac(iterations=credential.iterations)
+        )
         return protect_with_mac(header, body_der, credential.secret, algorithm)
     certs = tuple(c.public_bytes(serialization.Encoding.DER) for c in credential.chain)
     return protect_with_signature(header, body_der, KeySigner(credential.key), certs)
