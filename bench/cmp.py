@@ -283,44 +283,60 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
                 error(f"health HTTP {status}", body[:80].decode("latin-1"))
             return True
 
+        def forget_warm_up() -> None:
+            errors.clear()
+            samples.clear()
+
         op = enrol if spec["mode"] == "cmp" else health
-        built.put(spec["index"])
-        if not warm.wait(timeout=900):
-            raise TimeoutError("no warm-up signal")
-        warm_until = time.perf_counter() + spec["warmup"]
-        while time.perf_counter() < warm_until:
-            if not op():
-                break
-        errors.clear()
-        samples.clear()
-        ready.put(spec["index"])
-        if not go.wait(timeout=900):
-            raise TimeoutError("no start signal")
-        opened0, requests0 = link.opened, link.requests
-        count = 0
-        exhausted = False
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        deadline = t0 + spec["seconds"]
-        while True:
-            if not op():
-                exhausted = True
-                break
-            count += 1
-            if time.perf_counter() >= deadline:
-                break
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        link.close()
+        timing = timed_loop(op, spec, link, built, warm, ready, go, after_warmup=forget_warm_up)
         results.put({
-            "index": spec["index"], "count": count, "elapsed": elapsed, "cpu": cpu, "build_cpu": build_cpu,
-            "built": len(messages), "errors": dict(errors), "samples": samples, "exhausted": exhausted,
-            "opened": link.opened - opened0, "requests": link.requests - requests0, "verified": state["verified"],
+            "index": spec["index"], **timing, "build_cpu": build_cpu, "built": len(messages),
+            "errors": dict(errors), "samples": samples, "verified": state["verified"],
         })
     except BaseException:  # noqa: BLE001  (reported to the parent, which stops the run)
         results.put({"index": spec["index"], "error": traceback.format_exc()})
         built.put(spec["index"])
         ready.put(spec["index"])
+
+
+def timed_loop(op: Any, spec: dict[str, Any], link: Any, built: Any, warm: Any, ready: Any, go: Any,
+               after_warmup: Any = lambda: None) -> dict[str, Any]:
+    """A client's part of run_clients' protocol: say it is built, warm up with
+    op() on the first signal, report ready, run op() from the second signal
+    for spec["seconds"] (op() returns False when its pool is used up).
+    Returns count, elapsed, cpu, exhausted, and the connections and requests
+    `link` made in the timed window; closes `link`."""
+    built.put(spec["index"])
+    if not warm.wait(timeout=900):
+        raise TimeoutError("no warm-up signal")
+    warm_until = time.perf_counter() + spec["warmup"]
+    while time.perf_counter() < warm_until:
+        if not op():
+            break
+    after_warmup()
+    ready.put(spec["index"])
+    if not go.wait(timeout=900):
+        raise TimeoutError("no start signal")
+    opened0, requests0 = link.opened, link.requests
+    count = 0
+    exhausted = False
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    deadline = t0 + spec["seconds"]
+    while True:
+        if not op():
+            exhausted = True
+            break
+        count += 1
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    link.close()
+    return {
+        "count": count, "elapsed": elapsed, "cpu": cpu, "exhausted": exhausted,
+        "opened": link.opened - opened0, "requests": link.requests - requests0,
+    }
 
 
 def _subject(reference: str) -> Any:

@@ -277,50 +277,29 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
                 error(f"health HTTP {status}", body[:80].decode("latin-1"))
             return True
 
+        resumed_before = {"count": 0}
+
+        def forget_warm_up() -> None:
+            if mode in ("basic", "tls") and not state["verified"]:
+                error("never verified", "no answer was checked in full during the warm-up")
+            kept_errors, kept_samples = Counter(errors), list(samples)
+            errors.clear()
+            samples.clear()
+            for kind, count in kept_errors.items():  # a failed full check stays visible
+                if kind in ("full check failed", "never verified"):
+                    errors[kind] = count
+                    samples.extend(s for s in kept_samples if s.startswith(kind))
+            resumed_before["count"] = link.resumed
+
         op = enrol if mode in ("basic", "tls") else health
-        built.put(spec["index"])
-        if not warm.wait(timeout=900):
-            raise TimeoutError("no warm-up signal")
-        warm_until = time.perf_counter() + spec["warmup"]
-        while time.perf_counter() < warm_until:
-            if not op():
-                break
-        if mode in ("basic", "tls") and not state["verified"]:
-            error("never verified", "no answer was checked in full during the warm-up")
-        kept_errors, kept_samples = Counter(errors), list(samples)
-        errors.clear()
-        samples.clear()
-        for kind, count in kept_errors.items():  # a failed full check stays visible
-            if kind in ("full check failed", "never verified"):
-                errors[kind] = count
-                samples.extend(s for s in kept_samples if s.startswith(kind))
-        ready.put(spec["index"])
-        if not go.wait(timeout=900):
-            raise TimeoutError("no start signal")
-        opened0, requests0, resumed0 = link.opened, link.requests, link.resumed
-        count = 0
-        exhausted = False
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        deadline = t0 + spec["seconds"]
-        while True:
-            if not op():
-                exhausted = True
-                break
-            count += 1
-            if time.perf_counter() >= deadline:
-                break
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        link.close()
+        timing = cmp.timed_loop(op, spec, link, built, warm, ready, go, after_warmup=forget_warm_up)
         if mode in ("health", "basic"):  # kept alive: the connections were opened in the warm-up
             errors["(info) TLS handshakes incl. warm-up"] += link.opened
-        if link.resumed - resumed0:
-            errors["(info) TLS sessions resumed"] += link.resumed - resumed0
+        if link.resumed - resumed_before["count"]:
+            errors["(info) TLS sessions resumed"] += link.resumed - resumed_before["count"]
         results.put({
-            "index": spec["index"], "count": count, "elapsed": elapsed, "cpu": cpu, "build_cpu": build_cpu,
-            "built": max(len(work), 1), "errors": dict(errors), "samples": samples, "exhausted": exhausted,
-            "opened": link.opened - opened0, "requests": link.requests - requests0, "verified": state["verified"],
+            "index": spec["index"], **timing, "build_cpu": build_cpu, "built": max(len(work), 1),
+            "errors": dict(errors), "samples": samples, "verified": state["verified"],
         })
     except BaseException:  # noqa: BLE001  (reported to the parent, which stops the run)
         results.put({"index": spec["index"], "error": traceback.format_exc()})
