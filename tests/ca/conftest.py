@@ -30,6 +30,18 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The store on both backends: SQLite and a real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_db_url")
+    store = Store.open(url)
+    yield store
+    store.close()
+
+
 @pytest.fixture
 def cas(store: Store, token: Token) -> CertificateAuthorities:
     return build_hierarchy(store, token)

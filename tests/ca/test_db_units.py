@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -15,17 +14,6 @@ from ca import db
 from ca.db import now, serial_hex
 from ca.schema import certificates
 from ca.store import Store
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'units.db'}"
-    else:
-        url = request.getfixturevalue("postgres_db_url")
-    store = Store.open(url)
-    yield store
-    store.close()
 
 
 def _authority(store: Store) -> int:

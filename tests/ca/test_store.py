@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import inspect
@@ -13,17 +11,6 @@ from sqlalchemy import inspect
 from ca.db import Conflict, NotFound, now, parse_serial
 
 from ca.store import Store
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_db_url")
-    store = Store.open(url)
-    yield store
-    store.close()
 
 
 def _authority(store: Store) -> int:
