@@ -136,10 +136,7 @@ def _fail(data: bytes, reason: str) -> CmpDecodeError:
 
 
 def _split(data: bytes) -> tuple[der.Tlv, der.Tlv, der.Tlv | None, der.Tlv | None]:
-    top = der.read_tlv(data, 0)
-    if top.tag != der.TAG_SEQUENCE or top.end != len(data):
-        raise der.DerError("not a single DER SEQUENCE")
-    parts = der.children(data, top)
+    parts = der.read_sequence(data, "PKIMessage")
     if len(parts) < 2:
         raise der.DerError("PKIMessage needs header and body")
     header, body, rest = parts[0], parts[1], parts[2:]

@@ -102,6 +102,34 @@ def children(data: bytes, parent: Tlv) -> list[Tlv]:
     return items
 
 
+def read_sequence(data: bytes, what: str = "value") -> list[Tlv]:
+    """The elements of a SEQUENCE that is the whole of data (X.690 §8.9)."""
+    top = read_tlv(data, 0)
+    if top.tag != TAG_SEQUENCE or top.end != len(data):
+        raise DerError(f"{what} is not one DER SEQUENCE")
+    return children(data, top)
+
+
+def decode_integer(content: bytes, max_octets: int = 8) -> int:
+    """INTEGER contents (X.690 §8.3): minimal two's complement, at most max_octets."""
+    if not content or (len(content) > 1 and (
+        (content[0] == 0 and not content[1] & 0x80) or (content[0] == 0xFF and content[1] & 0x80)
+    )):
+        raise DerError("INTEGER not minimally encoded")
+    if len(content) > max_octets:
+        raise DerError("INTEGER too large")
+    return int.from_bytes(content, "big", signed=True)
+
+
+def oid_and_value(data: bytes) -> tuple[str, bytes | None]:
+    """SEQUENCE { OBJECT IDENTIFIER, ANY OPTIONAL } as (dotted OID, value DER):
+    AlgorithmIdentifier (RFC 5280 §4.1.1.2), InfoTypeAndValue (RFC 4210 §5.3.19)."""
+    parts = read_sequence(data, "AlgorithmIdentifier or InfoTypeAndValue")
+    if not 1 <= len(parts) <= 2 or parts[0].tag != TAG_OID:
+        raise DerError("expected an OBJECT IDENTIFIER and at most one value")
+    return decode_oid(parts[0].value(data)), parts[1].slice(data) if len(parts) == 2 else None
+
+
 def check_depth(data: bytes, element: Tlv, max_depth: int = MAX_DEPTH) -> None:
     """Refuse constructed nesting deeper than max_depth, without recursion.
 

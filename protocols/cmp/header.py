@@ -116,10 +116,7 @@ def header_from_der(data: bytes) -> PkiHeader:
     elements. tests/protocols check it against the pyasn1 reading of the same
     bytes. Raises ValueError (der.DerError) for anything malformed.
     """
-    top = der.read_tlv(data, 0)
-    if top.tag != der.TAG_SEQUENCE or top.end != len(data):
-        raise der.DerError("PKIHeader is not one SEQUENCE")
-    parts = der.children(data, top)
+    parts = der.read_sequence(data, "PKIHeader")
     if len(parts) < 3:
         raise der.DerError("PKIHeader needs pvno, sender and recipient")
     if parts[0].tag != der.TAG_INTEGER:
@@ -147,7 +144,7 @@ def header_from_der(data: bytes) -> PkiHeader:
     if 8 in fields:
         general_info = tuple(_info(item) for item in _sequence_of(fields[8]))
     return PkiHeader(
-        pvno=_integer(parts[0].value(data)),
+        pvno=der.decode_integer(parts[0].value(data)),
         sender=_general_name(parts[1].slice(data)),
         recipient=_general_name(parts[2].slice(data)),
         message_time=message_time,
@@ -169,44 +166,21 @@ def _primitive(element: bytes, tag: int) -> bytes:
     return tlv.value(element)
 
 
-def _integer(content: bytes) -> int:
-    if not content or (len(content) > 1 and (
-        (content[0] == 0 and not content[1] & 0x80) or (content[0] == 0xFF and content[1] & 0x80)
-    )):
-        raise der.DerError("INTEGER not minimally encoded")
-    if len(content) > 8:
-        raise der.DerError("INTEGER too large")
-    return int.from_bytes(content, "big", signed=True)
-
 
 def _sequence_of(element: bytes) -> list[bytes]:
-    tlv = der.read_tlv(element, 0)
-    if tlv.tag != der.TAG_SEQUENCE or tlv.end != len(element):
-        raise der.DerError("expected a SEQUENCE OF")
-    items = [item.slice(element) for item in der.children(element, tlv)]
+    items = [item.slice(element) for item in der.read_sequence(element, "SEQUENCE OF")]
     if not items:
         raise der.DerError("SEQUENCE SIZE (1..MAX) is empty")
     return items
 
 
-def _oid_and_rest(element: bytes) -> tuple[str, bytes | None]:
-    tlv = der.read_tlv(element, 0)
-    if tlv.tag != der.TAG_SEQUENCE or tlv.end != len(element):
-        raise der.DerError("expected a SEQUENCE")
-    inner = der.children(element, tlv)
-    if not 1 <= len(inner) <= 2 or inner[0].tag != der.TAG_OID:
-        raise der.DerError("expected an OBJECT IDENTIFIER and at most one value")
-    value = inner[1].slice(element) if len(inner) == 2 else None
-    return der.decode_oid(inner[0].value(element)), value
-
-
 def _algorithm(element: bytes) -> AlgorithmId:
-    oid, parameters = _oid_and_rest(element)
+    oid, parameters = der.oid_and_value(element)
     return AlgorithmId(oid, parameters)
 
 
 def _info(element: bytes) -> InfoTypeAndValue:
-    oid, value = _oid_and_rest(element)
+    oid, value = der.oid_and_value(element)
     return InfoTypeAndValue(oid, value)
 
 

@@ -177,37 +177,20 @@ def _read_pbm_parameter(data: bytes | None) -> tuple[bytes, str, int, str]:
     if data is None:
         raise MacParameterError("MAC algorithm without parameters")
     try:
-        top = der.read_tlv(data, 0)
-        if top.tag != der.TAG_SEQUENCE or top.end != len(data):
-            raise der.DerError("PBMParameter is not one SEQUENCE")
-        parts = der.children(data, top)
+        parts = der.read_sequence(data, "PBMParameter")
         if len(parts) != 4:
             raise der.DerError("PBMParameter needs four fields")
         salt, owf, count, mac = parts
         if salt.tag != der.TAG_OCTET_STRING or count.tag != der.TAG_INTEGER:
             raise der.DerError("PBMParameter salt or iterationCount of the wrong type")
-        return salt.value(data), _algorithm_oid(data, owf), _positive_integer(count.value(data)), _algorithm_oid(data, mac)
+        iterations = der.decode_integer(count.value(data))
+        if iterations < 0:
+            raise der.DerError("negative iterationCount")
+        return salt.value(data), der.oid_and_value(owf.slice(data))[0], iterations, der.oid_and_value(mac.slice(data))[0]
     except der.DerError as exc:
         raise MacParameterError("MAC parameters do not decode: %s" % exc) from None
 
 
-def _algorithm_oid(data: bytes, element: der.Tlv) -> str:
-    if element.tag != der.TAG_SEQUENCE:
-        raise der.DerError("AlgorithmIdentifier is not a SEQUENCE")
-    parts = der.children(data, element)
-    if not 1 <= len(parts) <= 2 or parts[0].tag != der.TAG_OID:
-        raise der.DerError("AlgorithmIdentifier without an OID")
-    return der.decode_oid(parts[0].value(data))
-
-
-def _positive_integer(content: bytes) -> int:
-    if not content or (len(content) > 1 and (content[0] == 0 and not content[1] & 0x80 or content[0] == 0xFF and content[1] & 0x80)):
-        raise der.DerError("INTEGER not minimally encoded")
-    if content[0] & 0x80:
-        raise der.DerError("negative iterationCount")
-    if len(content) > 8:
-        raise der.DerError("iterationCount too large")
-    return int.from_bytes(content, "big")
 
 
 @dataclass(frozen=True)
