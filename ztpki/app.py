@@ -112,15 +112,9 @@ def cmp_server_for(instance: Instance) -> CmpServer:
 
 
 def _audit_refusal(instance: Instance, record: RefusalRecord) -> None:
-    instance.audit.append(
-        actor="anonymous",
-        protocol="cmp",
-        operation=record.body_type,
-        evidence=[record.sender] if record.sender else [],
-        outcome="rejected",
-        reason=record.fail_info,
-        details={"text": record.text, "transaction": record.transaction_id, "peer": record.peer},
-    )
+    instance.audit_refusal("cmp", record.body_type, record.sender, record.fail_info, {
+        "text": record.text, "transaction": record.transaction_id, "peer": record.peer,
+    })
 
 
 def cmp_protection_identity(instance: Instance, ca: str | None) -> ServerIdentity:

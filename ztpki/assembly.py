@@ -111,6 +111,20 @@ class Instance:
             refresh=timedelta(seconds=self.settings.ocsp_refresh_seconds),
         )
 
+    def audit_refusal(self, protocol: str, operation: str, identity: str | None, reason: str,
+                      details: dict[str, object]) -> None:
+        """Audit a request a protocol refused before the core saw it (bad
+        protection, malformed body, no credentials)."""
+        self.audit.append(
+            actor="anonymous",
+            protocol=protocol,
+            operation=operation,
+            evidence=[identity] if identity else [],
+            outcome="rejected",
+            reason=reason,
+            details=details,
+        )
+
     def label_target(self, label: str | None) -> tuple[str | None, str | None] | None:
         """(issuing CA, profile) a protocol path label names (RFC 9483 §6.1,
         RFC 7030 §3.2.2): an issuing CA's name or a profile's; (None, None)

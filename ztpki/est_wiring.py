@@ -94,15 +94,9 @@ def est_server_for(instance: Instance) -> EstServer:
 
 
 def _audit_refusal(instance: Instance, record: RefusalRecord) -> None:
-    instance.audit.append(
-        actor="anonymous",
-        protocol="est",
-        operation=record.operation,
-        evidence=[record.identity] if record.identity else [],
-        outcome="rejected",
-        reason=record.reason,
-        details={"text": record.text, "status": record.status, "label": record.label, "peer": record.peer},
-    )
+    instance.audit_refusal("est", record.operation, record.identity, record.reason, {
+        "text": record.text, "status": record.status, "label": record.label, "peer": record.peer,
+    })
 
 
 __all__ = ["DEFAULT_EST_PROFILE", "csrattrs_of_profile", "est_route_of", "est_server_for"]
