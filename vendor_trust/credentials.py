@@ -30,8 +30,6 @@ from sqlalchemy.exc import IntegrityError
 from ca import db
 from ca.db import now, utc
 from vendor_trust.hashing import (
-    DEFAULT_COST,
-    ScryptCost,
     dummy_random_secret_hash,
     hash_random_secret,
     verify_secret,
@@ -183,10 +181,9 @@ def _check_text(name: str, value: str | None, limit: int) -> str | None:
 
 
 class Credentials:
-    def __init__(self, engine: Engine, sealer: Sealer | None, *, cost: ScryptCost = DEFAULT_COST) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer | None) -> None:
         self.engine = engine
         self.sealer = sealer
-        self.cost = cost
         # Unsealing is a token operation (~0.4 ms); a CMP exchange asks for the
         # same secret for the request and its certConf. The sealed bytes are
         # unique per credential (random nonce) and bound to the reference as

@@ -45,7 +45,7 @@ def make_world(home: Path) -> World:
     instance = init_instance(home)
     engine = instance.engine
     instance.__dict__["pins"] = Pins(engine, cost=CHEAP)
-    instance.__dict__["credentials"] = Credentials(engine, instance.secret_sealer, cost=CHEAP)
+    instance.__dict__["credentials"] = Credentials(engine, instance.secret_sealer)
     vendor = trustfixtures.vendor_pki("Acme Devices")
     stranger = trustfixtures.vendor_pki("Acme Devices", key_offset=10)  # same names, other keys
     instance.trust.add_vendor("acme")

@@ -60,7 +60,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def creds(engine: Engine) -> Credentials:
-    return Credentials(engine, AesGcmSealer(), cost=FAST)
+    return Credentials(engine, AesGcmSealer())
 
 
 def _row(engine: Engine, reference: str) -> Any:
