@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyasn1.codec.der import encoder
+from pyasn1.error import PyAsn1Error
 
 from protocols.cmp import codec, der
 from protocols.cmp.bodies import FailInfo, StatusInfo, status_info_from_asn1
@@ -106,6 +107,15 @@ def _crl_reason(extensions: object) -> str | None:
     return None
 
 
+def _issuer_der(issuer: object) -> bytes:
+    try:
+        return bytes(encoder.encode(issuer["rdnSequence"]))  # type: ignore[index]
+    except PyAsn1Error:
+        # An RDN pyasn1 decoded but cannot re-encode (e.g. an empty SET; the
+        # body fuzz found it): the client's bytes, so badDataFormat.
+        raise BodyError("certDetails issuer is not a valid Name", FailInfo.BAD_DATA_FORMAT) from None
+
+
 def revocation_requests(message: codec.PkiMessage) -> tuple[RevocationRequest, ...]:
     """The RevDetails of an rr (RFC 4210 §5.3.9; RFC 9483 §4.2: issuer and serialNumber)."""
     _expect(message, "rr")
@@ -113,7 +123,7 @@ def revocation_requests(message: codec.PkiMessage) -> tuple[RevocationRequest, .
     for details in message.body:
         template = details["certDetails"]
         serial = int(template["serialNumber"]) if template["serialNumber"].isValue else None
-        issuer = bytes(encoder.encode(template["issuer"]["rdnSequence"])) if template["issuer"].isValue else None
+        issuer = _issuer_der(template["issuer"]) if template["issuer"].isValue else None
         reason = _crl_reason(details["crlEntryDetails"]) if details["crlEntryDetails"].isValue else None
         found.append(RevocationRequest(serial, issuer, reason))
     if not found:

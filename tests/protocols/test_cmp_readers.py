@@ -58,3 +58,16 @@ def test_reply_header_answers_the_request() -> None:
     assert header.implicit_confirm and header.pvno == 2
     body = codec.encode_body("pkiconf", bodies.pkiconf_body())
     assert codec.decode_message(codec.assemble_message(encode_header(header), body, None)).header == header
+
+
+def test_rr_issuer_that_does_not_re_encode_is_bad_data_format() -> None:
+    # The body fuzz found it: an empty RDN decodes but pyasn1 refuses to
+    # encode it again; it was a systemFailure.
+    from pyasn1_modules import rfc5280
+
+    message = codec.decode_message(load_vector("Rr", "downstream_REVOCATION_REQ"))
+    rdns = message.body[0]["certDetails"]["issuer"]["rdnSequence"]
+    rdns.append(rfc5280.RelativeDistinguishedName().clear())
+    with pytest.raises(readers.BodyError) as refused:
+        readers.revocation_requests(message)
+    assert refused.value.fail_info is bodies.FailInfo.BAD_DATA_FORMAT
