@@ -52,6 +52,17 @@ class Authenticated:
     profile: str | None = None  # a credential restricted to one profile
     current_serial: int | None = None  # for renewal: the certificate presented
     detail: str = ""  # for the audit record (reference, fingerprint)
+    # Who proved possession, in full (a certificate's whole SHA-256, a
+    # credential's reference): what retries and transactions are scoped by.
+    principal: str = ""
+    # A credential whose use is spent only once the request is not a retry
+    # (Authenticator.spend): a resend must not use up a one-time credential.
+    spends: str | None = None
+
+    @property
+    def scope(self) -> str:
+        """A stable name for the authenticated identity (kind and principal)."""
+        return f"{self.kind}:{self.principal or self.detail}"
 
 
 class VendorValidator(TypingProtocol):
@@ -59,9 +70,13 @@ class VendorValidator(TypingProtocol):
 
 
 def _fingerprint(certificate: x509.Certificate) -> str:
+    return _full_fingerprint(certificate)[:16]
+
+
+def _full_fingerprint(certificate: x509.Certificate) -> str:
     from cryptography.hazmat.primitives import hashes
 
-    return certificate.fingerprint(hashes.SHA256()).hex()[:16]
+    return certificate.fingerprint(hashes.SHA256()).hex()
 
 
 def issued_by_us(cas: CertificateAuthorities, certificate: x509.Certificate) -> str | None:
@@ -88,7 +103,10 @@ class Authenticator:
         self.pins = pins
 
     def authenticate(self, request: EnrolmentRequest) -> Authenticated:
-        """The strongest evidence wins; a request with none is refused."""
+        """The strongest evidence wins; a request with none is refused.
+
+        A credential with uses is checked but not spent here: the core
+        spends it (spend) once it knows the request is not a retry."""
         if not request.evidence:
             raise Refusal(RejectReason.NOT_AUTHORIZED, "the request carries no authentication")
         ordered = sorted(request.evidence, key=_strength)
@@ -100,6 +118,13 @@ class Authenticator:
                 failures.append(refusal)
         # Report the failure of the strongest evidence offered.
         raise failures[0]
+
+    def spend(self, auth: Authenticated) -> None:
+        """Use the credential once, now that the request is new (not a retry)."""
+        if auth.spends is None:
+            return
+        if not self.credentials.consume(auth.spends):  # type: ignore[attr-defined]
+            raise Refusal(RejectReason.BAD_CREDENTIAL, f"credential {auth.spends} is used up or expired")
 
     def _one(self, evidence: Evidence, request: EnrolmentRequest) -> Authenticated:
         if isinstance(evidence, (VendorCertificate, TlsClientCertificate)):
@@ -126,7 +151,10 @@ class Authenticator:
             # The protocol matched the signer against its configured RAs; the
             # RA vouches for the device the request names, which the core's
             # device step requires to be registered and not blocked.
-            return Authenticated(kind="trusted-ra", device=None, detail=_fingerprint(evidence.certificate))
+            return Authenticated(
+                kind="trusted-ra", device=None, detail=_fingerprint(evidence.certificate),
+                principal=_full_fingerprint(evidence.certificate),
+            )
         raise Refusal(RejectReason.BAD_REQUEST, f"unsupported evidence {type(evidence).__name__}")
 
     def _vendor(self, chain: Sequence[x509.Certificate]) -> Authenticated:
@@ -141,7 +169,8 @@ class Authenticator:
         serial = getattr(identity, "serial")
         vendor = getattr(identity, "vendor")
         return Authenticated(
-            kind="vendor-certificate", device=serial, vendor=vendor, detail=_fingerprint(chain[0])
+            kind="vendor-certificate", device=serial, vendor=vendor, detail=_fingerprint(chain[0]),
+            principal=_full_fingerprint(chain[0]),
         )
 
     def _current(self, certificate: x509.Certificate, ca: str) -> Authenticated:
@@ -163,30 +192,35 @@ class Authenticator:
             device=record.device_id,
             current_serial=record.serial,
             detail=record.serial_hex,
+            principal=f"{ca}:{record.serial_hex}",
         )
 
     def _mac(self, reference: str) -> Authenticated:
         from vendor_trust.credentials import BadCredential
 
         try:
-            credential = self.credentials.mac_secret(reference)  # type: ignore[attr-defined]
+            # Used up is not yet a refusal: a retry of the request that took
+            # the last use gets its first answer (spend refuses the rest).
+            credential = self.credentials.mac_secret(reference, allow_used_up=True)  # type: ignore[attr-defined]
         except BadCredential as exc:
             raise Refusal(RejectReason.BAD_CREDENTIAL, str(exc)) from None
-        if not self.credentials.consume(reference):  # type: ignore[attr-defined]
-            raise Refusal(RejectReason.BAD_CREDENTIAL, f"credential {reference} is used up or expired")
         return Authenticated(
             kind="mac",
             device=credential.device_serial,
             batch=credential.batch,
             profile=credential.profile,
             detail=reference,
+            principal=reference,
+            spends=reference,
         )
 
     def _password(self, evidence: HttpBasic) -> Authenticated:
         from vendor_trust.credentials import BadCredential
 
         try:
-            info = self.credentials.check_password(evidence.username, evidence.password)  # type: ignore[attr-defined]
+            info = self.credentials.verify_password(  # type: ignore[attr-defined]
+                evidence.username, evidence.password, allow_used_up=True
+            )
         except BadCredential as exc:
             raise Refusal(RejectReason.BAD_CREDENTIAL, str(exc)) from None
         return Authenticated(
@@ -195,6 +229,8 @@ class Authenticator:
             batch=info.batch,
             profile=info.profile,
             detail=evidence.username,
+            principal=evidence.username,
+            spends=evidence.username,
         )
 
     def _pin(self, evidence: OneTimePin, request: EnrolmentRequest) -> Authenticated:
@@ -207,7 +243,7 @@ class Authenticator:
             self.pins.redeem(device, evidence.pin)  # type: ignore[attr-defined]
         except PinRejected as exc:
             raise Refusal(RejectReason.BAD_CREDENTIAL, f"PIN refused: {exc}") from None
-        return Authenticated(kind="pin", device=device, detail="pin")
+        return Authenticated(kind="pin", device=device, detail="pin", principal=device)
 
 
 _ORDER = {

@@ -83,10 +83,15 @@ class EnrolmentCore:
         auth: Authenticated | None = None
         try:
             self._admit("global", self.policy.global_limit, self.policy.global_window, commit=True)
-            replay = self._replayed(request)
+            # Authentication comes before any lookup that can return a
+            # certificate, and the lookup is scoped by who authenticated: a
+            # transactionID travels in clear and proves nothing (RFC 4210
+            # §5.1.1), so another party reusing it starts its own transaction.
+            auth = self.authenticator.authenticate(request)
+            replay = self._replayed(request, auth)
             if replay is not None:
                 return replay
-            auth = self.authenticator.authenticate(request)
+            self.authenticator.spend(auth)
             device = self._device(request, auth)
             self._admit(f"device:{device.serial}", self.policy.per_device_limit, self.policy.per_device_window)
             if request.operation is Operation.REVOCATION:
@@ -113,14 +118,18 @@ class EnrolmentCore:
         if retry_after is not None:
             raise Refusal(RejectReason.SYSTEM_UNAVAILABLE, "busy: retry later", retry_after)
 
-    def _transaction_key(self, request: EnrolmentRequest) -> str | None:
+    def _transaction_key(self, request: EnrolmentRequest, auth: Authenticated) -> str | None:
+        """The decision record's key: the client's transaction id within the
+        authenticated identity (Boulder keys every order by account)."""
         if not request.transaction_id:
             return None
-        return f"{request.protocol.value}:{request.transaction_id}"[:255]
+        scope = hashlib.sha256(auth.scope.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f"{request.protocol.value}:{request.transaction_id[:200]}@{scope}"
 
-    def _replayed(self, request: EnrolmentRequest) -> Decision | None:
-        """A retried transaction gets its first answer again (never a second certificate)."""
-        key = self._transaction_key(request)
+    def _replayed(self, request: EnrolmentRequest, auth: Authenticated) -> Decision | None:
+        """A retried transaction of the same identity gets its first answer
+        again (never a second certificate)."""
+        key = self._transaction_key(request, auth)
         if key is None:
             return None
         record = self.pending.by_transaction(key)
@@ -215,7 +224,7 @@ class EnrolmentCore:
             raise Refusal(RejectReason.POLICY_VIOLATION, str(exc)) from None
         except UnknownAuthority as exc:
             raise Refusal(RejectReason.NOT_AUTHORIZED, str(exc)) from None
-        key = self._transaction_key(request)
+        key = self._transaction_key(request, auth)
         if key is not None:
             self.pending.record_decision(
                 key, protocol=request.protocol.value, operation=request.operation.value,
@@ -240,7 +249,7 @@ class EnrolmentCore:
         from ra.serialize import encode_request
 
         record = self.pending.begin(
-            self._transaction_key(request) or f"{request.protocol.value}:auto:{_key_fingerprint(request)}",
+            self._transaction_key(request, auth) or f"{request.protocol.value}:auto:{_key_fingerprint(request)}",
             protocol=request.protocol.value, operation=request.operation.value, device_serial=serial,
             ca=order.ca, profile=order.profile, request_bytes=encode_request(request),
             key_fingerprint=_key_fingerprint(request),

@@ -92,6 +92,7 @@ cmp_transactions = Table(
     Column("created_at", TZ, nullable=False),
     Column("expires_at", TZ, nullable=False),
     Index("ix_cmp_transactions_status_expires", "status", "expires_at"),
+    Index("ix_cmp_transactions_serial", "certificate_serial"),
 )
 
 # Every senderNonce a CMP request carried (RFC 4210 §5.1.1): a second use is

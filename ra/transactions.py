@@ -16,9 +16,9 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
-from sqlalchemy import Engine, bindparam, delete, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 
 from ca import db
 from ca.db import now
@@ -94,9 +94,12 @@ class CmpTransactions:
         *,
         confirm_wait: timedelta = timedelta(minutes=10),
         nonce_memory: timedelta = timedelta(minutes=30),
+        audit: Any = None,
     ) -> None:
+        """audit: ra.audit.AuditLog, for the revocations a transaction makes."""
         self.engine = engine
         self.revoke = revoke
+        self.audit = audit
         self.confirm_wait = confirm_wait
         self.nonce_memory = nonce_memory
         self._last_purge: datetime | None = None
@@ -199,10 +202,11 @@ class CmpTransactions:
 
     def reject_confirmation(self, transaction_id: bytes, sender: str) -> bool:
         """The client rejected its certificate in certConf: revoke it (RFC 4210 §5.3.18)."""
-        record = self.get(transaction_id, sender)
-        if record is None or not self._move(transaction_id, sender, (AWAITING_CONFIRM,), status=CONFIRM_REJECTED):
-            return False
-        self._revoke(record, "cessationOfOperation")
+        with db.unit_of_work(self.engine):
+            record = self.get(transaction_id, sender)
+            if record is None or not self._move(transaction_id, sender, (AWAITING_CONFIRM,), status=CONFIRM_REJECTED):
+                return False
+            self._revoke(record, "cessationOfOperation", "the client rejected the certificate in certConf")
         return True
 
     def expire_unconfirmed(self) -> int:
@@ -217,13 +221,35 @@ class CmpTransactions:
         for row in rows:
             record = _row(row)
             tid = bytes.fromhex(record.transaction_id)
-            if self._move(tid, record.sender, (AWAITING_CONFIRM,), status=UNCONFIRMED):
-                self._revoke(record, "cessationOfOperation")
-                count += 1
+            # The move and the revocation land together (one unit of work).
+            with db.unit_of_work(self.engine):
+                if self._move(tid, record.sender, (AWAITING_CONFIRM,), status=UNCONFIRMED):
+                    self._revoke(record, "cessationOfOperation", "no certConf within the confirmation wait")
+                    count += 1
         return count
 
-    def _revoke(self, record: CmpTransaction, reason: str) -> None:
+    def _confirmed_elsewhere(self, record: CmpTransaction) -> bool:
+        """Another transaction confirmed this certificate (explicitly or by
+        implicitConfirm): nothing a second party's transaction does may undo
+        that issuance."""
+        c = cmp_transactions.c
+        with db.connect(self.engine) as conn:
+            found = conn.execute(
+                select(func.count()).select_from(cmp_transactions).where(
+                    c.certificate_serial == format(record.certificate_serial or 0, "x"),
+                    c.status == CONFIRMED,
+                    (c.transaction_id != record.transaction_id) | (c.sender != record.sender),
+                )
+            ).scalar_one()
+        return bool(found)
+
+    def _revoke(self, record: CmpTransaction, reason: str, why: str) -> None:
         if self.revoke is None or record.certificate_serial is None:
+            return
+        if self._confirmed_elsewhere(record):
+            log.warning("CMP transaction %s: certificate %x was confirmed in another transaction; not revoked",
+                        record.transaction_id, record.certificate_serial)
+            self._audit(record, "kept", reason, why + "; confirmed in another transaction, not revoked")
             return
         try:
             self.revoke(record.certificate_serial, reason, record.ca)
@@ -232,4 +258,19 @@ class CmpTransactions:
             # down: the transaction has moved on either way; the log says which.
             log.exception("CMP transaction %s: revoking %x failed", record.transaction_id, record.certificate_serial)
             return
+        self._audit(record, "revoked", reason, why)
         log.info("CMP transaction %s: certificate %x revoked (%s)", record.transaction_id, record.certificate_serial, reason)
+
+    def _audit(self, record: CmpTransaction, outcome: str, reason: str, why: str) -> None:
+        if self.audit is None:
+            return
+        self.audit.append(
+            actor="ztpki",
+            protocol="cmp",
+            operation="revocation",
+            evidence=[record.sender],
+            outcome=outcome,
+            reason=reason,
+            serial=format(record.certificate_serial or 0, "x"),
+            details={"transaction": record.transaction_id, "why": why, "ca": record.ca},
+        )

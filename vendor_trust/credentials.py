@@ -327,18 +327,19 @@ class Credentials:
         """Use the credential once; False if it is unknown, revoked, expired or used up."""
         return self._use(reference) is not None
 
-    def check_password(self, username: str, password: str) -> CredentialInfo:
-        """Check an EST password and use it once, or raise BadCredential.
+    def verify_password(self, username: str, password: str, *, allow_used_up: bool = False) -> CredentialInfo:
+        """Check an EST password without using it, or raise BadCredential.
 
         An unknown username is checked against a dummy hash of the same
         scheme, so the answer takes as long as for a real one and timing does
         not tell which usernames exist (passwords stored by older versions
-        as scrypt hashes still check, at scrypt's cost). The use that
-        follows is atomic.
+        as scrypt hashes still check, at scrypt's cost). allow_used_up: a
+        retried request whose first try took the last use (the caller spends
+        a use with consume() only for a new request).
         """
         with db.connect(self.engine) as conn:
             row = conn.execute(
-                select(credentials.c.password_hash).where(
+                select(*_INFO_COLUMNS, credentials.c.password_hash).where(
                     credentials.c.reference == username, credentials.c.kind == "password"
                 )
             ).first()
@@ -348,6 +349,15 @@ class Credentials:
             raise BadCredential("unknown", username)
         if not matches:
             raise BadCredential("wrong", username)
+        info = _info(row)
+        reason = info.failure(now())
+        if reason is not None and not (reason == "used_up" and allow_used_up):
+            raise BadCredential(reason, username)
+        return info
+
+    def check_password(self, username: str, password: str) -> CredentialInfo:
+        """Check an EST password and use it once (atomically), or raise BadCredential."""
+        self.verify_password(username, password, allow_used_up=True)
         used = self._use(username)
         if used is None:
             current = self.info(username)

@@ -209,6 +209,7 @@ class Instance:
             self.engine,
             revoke,
             confirm_wait=timedelta(seconds=cmp.confirm_wait_seconds),
+            audit=self.audit,
             # A replayed message is refused by nonce until its messageTime
             # falls outside the tolerance on either side of the clock.
             nonce_memory=max(timedelta(minutes=30), timedelta(seconds=2 * cmp.message_time_tolerance_seconds)),

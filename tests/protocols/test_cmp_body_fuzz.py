@@ -1186,7 +1186,7 @@ def test_poll_req(world: World, server: CmpServer, spec: dict[str, Any]) -> None
     waiting = send_raw(server, request)
     assert status_info_from_asn1(waiting.body["response"][0]["status"]).status == PkiStatus.WAITING
     pending = world.instance.pending
-    (record,) = [r for r in pending.list(status="pending") if r.transaction_key == "cmp:" + tid.hex()]
+    (record,) = [r for r in pending.list(status="pending") if r.transaction_key.startswith("cmp:" + tid.hex() + "@")]
     if spec["transaction"] == "approved":
         pending.approve(record.id, "admin")
     elif spec["transaction"] == "rejected":

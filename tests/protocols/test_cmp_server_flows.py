@@ -69,7 +69,7 @@ def test_pending_request_is_polled_until_approved(world: World, server: CmpServe
     polled = answer(server, poll_req(mac, tid))
     assert polled.body_type == "pollRep"
     assert int(polled.body[0]["checkAfter"]) > 0
-    (record,) = [r for r in world.instance.pending.list(status="pending") if r.transaction_key == "cmp:" + tid.hex()]
+    (record,) = [r for r in world.instance.pending.list(status="pending") if r.transaction_key.startswith("cmp:" + tid.hex() + "@")]
     world.instance.pending.approve(record.id, "admin")
     ready = answer(server, poll_req(mac, tid))
     certificate = issued_certificate(ready)

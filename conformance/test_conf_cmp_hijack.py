@@ -1,0 +1,137 @@
+"""The CMP transaction hijack (security issue), end to end against `ztpki serve`.
+
+A victim enrols and confirms over HTTP. An attacker holding only a
+self-signed certificate sends an ir with the victim's transactionID and the
+victim's public key, then a rejecting certConf. The attacker gets refusals,
+OCSP says `good` for the victim's certificate after the certConf and after
+the confirmation wait, and the audit log holds every step and verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from conftools import Server, init_instance, run, ztpki
+from ztpki.assembly import Instance
+from protocols.cmp.bodies import FailInfo, PkiStatus
+from protocols.cmp.client import (
+    BODY_IR,
+    CertCredential,
+    MacCredential,
+    cert_conf,
+    cert_req_body,
+    cert_request,
+    cert_request_der,
+    issued_certificate,
+    post,
+    protect,
+    refusal,
+    request_header,
+)
+
+CONFIRM_WAIT = 10  # the smallest [cmp] confirm_wait_seconds allows
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    for _attempt in range(3):
+        base = tmp_path_factory.mktemp("hijack")
+        inst = init_instance(base / "home")
+        config = inst.home / "ztpki.toml"
+        config.write_text(config.read_text().replace("confirm_wait_seconds = 600", f"confirm_wait_seconds = {CONFIRM_WAIT}"))
+        server = Server(inst, base / "serve.log")
+        if server.start():
+            break
+    else:
+        pytest.fail("no free port for ztpki serve after 3 tries")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography.hazmat.primitives import hashes
+
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "attacker")])
+    now = datetime.now(timezone.utc)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def ocsp_status(server: Server, certificate: Path) -> str:
+    out = run(["openssl", "ocsp", "-issuer", server.inst.issuing_pem, "-cert", certificate,
+               "-url", f"{server.url}/ocsp", "-CAfile", server.inst.root_pem]).stdout
+    return out.split(f"{certificate}: ", 1)[1].split()[0]
+
+
+def audit(server: Server) -> list[dict[str, object]]:
+    out = ztpki("audit", "list", "--json", home=server.inst.home).stdout
+    records: list[dict[str, object]] = json.loads(out[out.index("[") :])
+    return records
+
+
+def test_attacker_replaying_the_victims_transaction_is_refused_and_revokes_nothing(server: Server, tmp_path: Path) -> None:
+    url = f"{server.url}/.well-known/cmp"
+    records = tmp_path / "devices.csv"
+    records.write_text("serial,vendor,profile\nVICTIM-1,,enb\n")
+    ztpki("devices", "import", records, home=server.inst.home)
+    out = ztpki("credentials", "create", "--device", "VICTIM-1", "--kind", "mac", "--json", home=server.inst.home).stdout
+    created = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    victim = MacCredential(created["reference"], created["secret"].encode())
+
+    # The victim enrols and confirms.
+    victim_key = ec.generate_private_key(ec.SECP256R1())
+    tid, request = cert_request(victim, victim_key)
+    der = issued_certificate(post(url, request))
+    assert post(url, cert_conf(victim, tid, der)).body_type == "pkiconf"
+    certificate = x509.load_der_x509_certificate(der)
+    pem = tmp_path / "victim.pem"
+    pem.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    assert ocsp_status(server, pem) == "good"
+
+    # The attacker: the victim's transactionID and public key, no POP, a self-signed certificate.
+    attacker_key = ec.generate_private_key(ec.SECP256R1())
+    attacker = CertCredential(attacker_key, (self_signed(attacker_key),))
+    spki = victim_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    body = cert_req_body(BODY_IR, [cert_request_der(spki, certificate.subject)])
+    hijack = post(url, protect(attacker, request_header(attacker, tid), body))
+    status = refusal(hijack)
+    assert status.status == PkiStatus.REJECTION and FailInfo.SIGNER_NOT_TRUSTED in status.fail_info
+    rejecting = post(url, cert_conf(attacker, tid, der, accept=False))
+    assert rejecting.body_type == "error"
+    assert ocsp_status(server, pem) == "good"
+
+    # After the confirmation wait the sweep finds nothing of the victim's to revoke.
+    time.sleep(CONFIRM_WAIT + 1)
+    instance = Instance.open(server.inst.home)
+    try:
+        instance.cmp_transactions.expire_unconfirmed()
+    finally:
+        instance.close()
+    assert ocsp_status(server, pem) == "good"
+    assert ztpki("audit", "verify", home=server.inst.home).returncode == 0
+
+    # Every step is in the audit log: the victim's issuance, the attacker's refusals.
+    log = audit(server)
+    serial_hex = format(certificate.serial_number, "x")
+    assert any(r["outcome"] == "issued" and r["serial"] == serial_hex for r in log)
+    assert not any(r["outcome"] == "revoked" and r["serial"] == serial_hex for r in log)
+    transaction = tid.hex()
+    refusals = [r for r in log if r["outcome"] == "rejected" and transaction in json.dumps(r)]
+    assert len(refusals) >= 2, log[-6:]
