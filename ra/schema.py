@@ -91,6 +91,10 @@ cmp_transactions = Table(
     Column("cert_hash", String(128)),  # SHA-256 of the DER, hex
     Column("created_at", TZ, nullable=False),
     Column("expires_at", TZ, nullable=False),
+    # The transaction's last reply and the SHA-256 of the request it answered:
+    # a retransmission (lost reply) gets the same bytes again.
+    Column("request_hash", String(64)),
+    Column("reply", LargeBinary),
     Index("ix_cmp_transactions_status_expires", "status", "expires_at"),
     Index("ix_cmp_transactions_serial", "certificate_serial"),
 )

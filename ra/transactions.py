@@ -22,6 +22,8 @@ from sqlalchemy import Engine, bindparam, delete, func, select, update
 
 from ca import db
 from ca.db import now
+from ca.revocation import RevocationError
+from ca.schema import certificates
 from ra.schema import cmp_nonces, cmp_transactions
 
 log = logging.getLogger("ztpki.ra.transactions")
@@ -56,6 +58,21 @@ _CONFIRM = (
     .values(status=CONFIRMED)
 )
 
+# Transactions that ended without confirmation whose certificate is still
+# valid (a crash between the two commits of an older version's sweep).
+_LEFT_VALID = (
+    select(cmp_transactions)
+    .join(certificates, certificates.c.serial == _T.certificate_serial)
+    .where(_T.status.in_((UNCONFIRMED, CONFIRM_REJECTED)), certificates.c.status == "valid")
+)
+_RETAIN = (
+    update(cmp_transactions)
+    .where(_T.transaction_id == bindparam("b_tid"), _T.sender == bindparam("b_sender"))
+)  # SET request_hash, reply
+_RETAINED = select(_T.request_hash, _T.reply).where(
+    _T.transaction_id == bindparam("tid"), _T.sender == bindparam("sender")
+)
+
 
 @dataclass(frozen=True)
 class CmpTransaction:
@@ -75,6 +92,8 @@ class CmpTransaction:
 
 def _row(row: object) -> CmpTransaction:
     values = dict(row._mapping)  # type: ignore[attr-defined]
+    values.pop("request_hash", None)
+    values.pop("reply", None)
     serial = values.pop("certificate_serial")
     certificate = values.pop("certificate")
     return CmpTransaction(
@@ -144,6 +163,28 @@ class CmpTransactions:
             row = conn.execute(_GET, {"tid": transaction_id.hex(), "sender": sender}).first()
         return _row(row) if row is not None else None
 
+    def retain_reply(self, transaction_id: bytes, sender: str, request_hash: bytes, reply: bytes) -> None:
+        """Keep the reply a transaction's message got, for its retransmission."""
+        with db.begin(self.engine) as conn:
+            conn.execute(_RETAIN, {
+                "b_tid": transaction_id.hex(), "b_sender": sender, "request_hash": request_hash.hex(), "reply": reply,
+            })
+
+    def last_reply(self, transaction_id: bytes, sender: str) -> bytes | None:
+        """The reply the transaction's last message got, whatever it was."""
+        with db.connect(self.engine) as conn:
+            row = conn.execute(_RETAINED, {"tid": transaction_id.hex(), "sender": sender}).first()
+        return bytes(row.reply) if row is not None and row.reply is not None else None
+
+    def retained_reply(self, transaction_id: bytes, sender: str, request_hash: bytes) -> bytes | None:
+        """The reply the same request of the same sender got, if this is a
+        retransmission of the transaction's last message (its reply was lost)."""
+        with db.connect(self.engine) as conn:
+            row = conn.execute(_RETAINED, {"tid": transaction_id.hex(), "sender": sender}).first()
+        if row is None or row.reply is None or row.request_hash != request_hash.hex():
+            return None
+        return bytes(row.reply)
+
     def _move(self, transaction_id: bytes, sender: str, from_states: tuple[str, ...], **values: object) -> bool:
         with db.begin(self.engine) as conn:
             result = conn.execute(
@@ -209,23 +250,33 @@ class CmpTransactions:
             self._revoke(record, "cessationOfOperation", "the client rejected the certificate in certConf")
         return True
 
-    def expire_unconfirmed(self) -> int:
-        """Revoke certificates whose certConf never came (RFC 4210 §5.3.18); how many."""
+    def expire_unconfirmed(self, limit: int = 1000) -> int:
+        """Revoke certificates whose certConf never came (RFC 4210 §5.3.18); how many.
+
+        Each transaction's move and its revocation are one unit of work, so a
+        crash leaves either both or neither. Transactions that an older
+        version (or an interrupted revocation) left `unconfirmed` or
+        `confirm_rejected` with a certificate still valid are revoked too."""
         with db.connect(self.engine) as conn:
             rows = conn.execute(
                 select(cmp_transactions).where(
                     cmp_transactions.c.status == AWAITING_CONFIRM, cmp_transactions.c.expires_at <= now()
-                )
+                ).limit(limit)
             ).all()
+            left_valid = conn.execute(_LEFT_VALID.limit(limit)).all()
         count = 0
         for row in rows:
             record = _row(row)
             tid = bytes.fromhex(record.transaction_id)
-            # The move and the revocation land together (one unit of work).
             with db.unit_of_work(self.engine):
                 if self._move(tid, record.sender, (AWAITING_CONFIRM,), status=UNCONFIRMED):
                     self._revoke(record, "cessationOfOperation", "no certConf within the confirmation wait")
                     count += 1
+        for row in left_valid:
+            record = _row(row)
+            with db.unit_of_work(self.engine):
+                self._revoke(record, "cessationOfOperation", f"transaction ended {record.status}; certificate was still valid")
+                count += 1
         return count
 
     def _confirmed_elsewhere(self, record: CmpTransaction) -> bool:
@@ -253,10 +304,11 @@ class CmpTransactions:
             return
         try:
             self.revoke(record.certificate_serial, reason, record.ca)
-        except Exception:
-            # Already revoked (an admin, a blocked device) or the store is
-            # down: the transaction has moved on either way; the log says which.
-            log.exception("CMP transaction %s: revoking %x failed", record.transaction_id, record.certificate_serial)
+        except RevocationError as exc:
+            # Already revoked (an admin, a blocked device): nothing left to do.
+            # Anything else (the store is down) propagates, and the unit of
+            # work rolls the transaction's move back for the next sweep.
+            log.info("CMP transaction %s: %s", record.transaction_id, exc)
             return
         self._audit(record, "revoked", reason, why)
         log.info("CMP transaction %s: certificate %x revoked (%s)", record.transaction_id, record.certificate_serial, reason)

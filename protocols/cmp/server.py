@@ -71,6 +71,8 @@ CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
 MAX_ID_SIZE = 64
 
 _REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
+# Messages that belong to a transaction whose reply the store keeps.
+_TRANSACTION_MESSAGES = frozenset({"ir", "cr", "p10cr", "kur", "certConf", "pollReq", "rr"})
 _OPERATION = {"ir": Operation.INITIAL, "cr": Operation.INITIAL, "p10cr": Operation.INITIAL, "kur": Operation.REKEY}
 
 @dataclass
@@ -86,6 +88,7 @@ class _Exchange:
     mac: MacAlgorithm | None = None
     evidence: tuple[Evidence, ...] = ()
     trusted_ra: x509.Certificate | None = None  # signed by an RA of policy.trusted_ras
+    request_hash: bytes = b""  # SHA-256 of the request as received: spots a retransmission
 
     @property
     def transaction_id(self) -> bytes:
@@ -148,7 +151,7 @@ class CmpServer:
         except Exception:
             log.exception("CMP: decoding failed unexpectedly")
             return 400, b"not a CMP message\n", "text/plain; charset=utf-8"
-        exchange = _Exchange(message, route, self.identity(route), peer)
+        exchange = _Exchange(message, route, self.identity(route), peer, request_hash=hashlib.sha256(body).digest())
         try:
             self._expire_now_and_then()
             # One unit of work per message: its store writes (nonce,
@@ -156,7 +159,10 @@ class CmpServer:
             # before the reply leaves, refusals included.
             with self.unit_of_work():
                 try:
-                    self._check(exchange)
+                    retained = self._check(exchange)
+                    if retained is not None:
+                        log.info("CMP %s from %s: a retransmission, answered as before", message.body_type, peer)
+                        return self._ok(retained)
                     return self._ok(self._dispatch(exchange))
                 except CmpRefusal as refusal:
                     log.info("CMP %s from %s refused: %s", message.body_type, peer, refusal.text)
@@ -190,7 +196,9 @@ class CmpServer:
 
     # -- checks common to every message (RFC 9483 §3.1–§3.5) -------------------------
 
-    def _check(self, exchange: _Exchange) -> None:
+    def _check(self, exchange: _Exchange) -> bytes | None:
+        """Refuse what fails a common check; the retained reply if the message
+        is a retransmission of its transaction's last message."""
         header = exchange.message.header
         if header.pvno not in (2, 3):
             raise CmpRefusal(FailInfo.UNSUPPORTED_VERSION, "pvno %d is not supported" % header.pvno)
@@ -203,8 +211,17 @@ class CmpServer:
             if skew > self.policy.message_time_tolerance:
                 raise CmpRefusal(FailInfo.BAD_TIME, "messageTime is %d s off" % skew.total_seconds())
         self._verify_protection(exchange)
+        if exchange.message.body_type in _TRANSACTION_MESSAGES and exchange.sender:
+            # RFC 4210 §5.1.1, RFC 9483 §3.5: a client whose reply was lost
+            # sends the same message again (same senderNonce) and must get
+            # the same answer. Only the sender that protected the original
+            # (verified just above) gets it back; nothing changes state.
+            retained = self.transactions.retained_reply(exchange.transaction_id, exchange.sender, exchange.request_hash)
+            if retained is not None:
+                return retained
         if not self.transactions.first_use_of_nonce(header.sender_nonce):
             raise CmpRefusal(FailInfo.BAD_SENDER_NONCE, "senderNonce was used before (replay)")
+        return None
 
     def _verify_protection(self, exchange: _Exchange) -> None:
         message = exchange.message
@@ -219,6 +236,9 @@ class CmpServer:
                 reference = (header.sender_kid or b"").decode("utf-8", "replace")
                 within = message.body_type in ("certConf", "pollReq")
                 secret = self.mac_secret(reference, within) if reference else None
+                if secret is None and reference and not within and self._continues(exchange, "kid:" + (header.sender_kid or b"").hex()[:72]):
+                    # The retransmission of a request that took the credential's last use.
+                    secret = self.mac_secret(reference, True)
                 if secret is None:
                     raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
                 exchange.mac = verify_mac_protection(message, secret, self.policy.max_mac_iterations)
@@ -250,6 +270,22 @@ class CmpServer:
             # TS 33.310 §9.5.3: the vendor IDevID and its chain (the core also
             # recognises a certificate of ours, for cr with an operator certificate).
             exchange.evidence = (VendorCertificate(tuple(chain)),)
+
+    def _continues(self, exchange: _Exchange, sender: str) -> bool:
+        return self.transactions.get(exchange.transaction_id, sender) is not None
+
+    def _confirmed_by_certconf(self, exchange: _Exchange) -> bool:
+        last = self.transactions.last_reply(exchange.transaction_id, exchange.sender)
+        if last is None:
+            return False
+        try:
+            return codec.decode_message(last).body_type == "pkiconf"
+        except codec.CmpDecodeError:
+            return False
+
+    def _retain(self, exchange: _Exchange, reply: bytes) -> bytes:
+        self.transactions.retain_reply(exchange.transaction_id, exchange.sender, exchange.request_hash, reply)
+        return reply
 
     # -- dispatch ------------------------------------------------------------------
 
@@ -341,11 +377,11 @@ class CmpServer:
             response = CertResponse(cert_req_id, StatusInfo(PkiStatus.ACCEPTED), certificate)
             body = bodies.cert_rep_body([response], ca_pubs)
             # RFC 9483 §4.1.1: the issued certificate's chain in extraCerts.
-            return self._reply(exchange, reply_type, body, chain, implicit_confirm=implicit)
+            return self._retain(exchange, self._reply(exchange, reply_type, body, chain, implicit_confirm=implicit))
         if isinstance(decision, Pending):
             self.transactions.record_pending(tid, sender, decision.request_id, cert_req_id)
             waiting = StatusInfo(PkiStatus.WAITING, texts=("request %s awaits approval" % decision.request_id,))
-            return self._reply(exchange, reply_type, bodies.cert_rep_body([CertResponse(cert_req_id, waiting)]))
+            return self._retain(exchange, self._reply(exchange, reply_type, bodies.cert_rep_body([CertResponse(cert_req_id, waiting)])))
         self.transactions.record_rejected(tid, sender)
         if isinstance(decision, Rejected):
             fail = FAIL_INFO_OF_REASON.get(decision.reason, FailInfo.BAD_REQUEST)
@@ -353,24 +389,34 @@ class CmpServer:
         else:
             fail, text = FailInfo.BAD_REQUEST, "unexpected decision %s" % type(decision).__name__
         rejected = StatusInfo(PkiStatus.REJECTION, frozenset({fail}), (text,))
-        return self._reply(exchange, reply_type, bodies.cert_rep_body([CertResponse(cert_req_id, rejected)]))
+        return self._retain(exchange, self._reply(exchange, reply_type, bodies.cert_rep_body([CertResponse(cert_req_id, rejected)])))
 
     # -- certConf (RFC 4210 §5.3.18; RFC 9483 §4.1.1) ---------------------------------
 
     def _confirm(self, exchange: _Exchange) -> bytes:
         tid, sender = exchange.transaction_id, exchange.sender
         record = self.transactions.get(tid, sender)
-        if record is None or record.status != "awaiting_confirm" or record.certificate is None:
+        if record is None or record.status not in ("awaiting_confirm", "confirmed") or record.certificate is None:
             # RFC 9483 §3.5: a message that belongs to no open transaction.
             raise CmpRefusal(FailInfo.BAD_REQUEST, "no transaction awaits this certConf")
         try:
             confirmations = readers.cert_confirmations(exchange.message)
         except readers.BodyError as exc:
             raise CmpRefusal(exc.fail_info, str(exc)) from None
+        if record.status == "confirmed":
+            # A certConf sent again after its pkiConf was lost (a new message,
+            # not a byte-for-byte retransmission): the same certificate
+            # confirmed again gets pkiConf again. A transaction confirmed
+            # implicitly (RFC 9483 §4.1.1) awaits no certConf at all.
+            if self._confirmed_by_certconf(exchange) and len(confirmations) == 1 and confirmations[0].accepted and confirmations[0].cert_req_id == record.cert_req_id:
+                alg = confirmations[0].hash_alg.oid if confirmations[0].hash_alg else None
+                if cert_hash(record.certificate, alg) == confirmations[0].cert_hash:
+                    return self._retain(exchange, self._reply(exchange, "pkiconf", bodies.pkiconf_body()))
+            raise CmpRefusal(FailInfo.BAD_REQUEST, "the transaction is already confirmed")
         if not confirmations or not confirmations[0].accepted:
             # RFC 4210 §5.3.18: the client rejects the certificate; the CA revokes it.
             self.transactions.reject_confirmation(tid, sender)
-            return self._reply(exchange, "pkiconf", bodies.pkiconf_body())
+            return self._retain(exchange, self._reply(exchange, "pkiconf", bodies.pkiconf_body()))
         confirmation = confirmations[0]
         if len(confirmations) != 1 or confirmation.cert_req_id != record.cert_req_id:
             raise CmpRefusal(FailInfo.BAD_REQUEST, "certConf names another certReqId")
@@ -379,7 +425,7 @@ class CmpServer:
             raise CmpRefusal(FailInfo.BAD_CERT_ID, "certHash does not match the issued certificate")
         if not self.transactions.confirm(tid, sender):
             raise CmpRefusal(FailInfo.BAD_REQUEST, "the transaction is no longer awaiting confirmation")
-        return self._reply(exchange, "pkiconf", bodies.pkiconf_body())
+        return self._retain(exchange, self._reply(exchange, "pkiconf", bodies.pkiconf_body()))
 
     # -- pollReq (RFC 4210 §5.3.22; RFC 9483 §4.4) ---------------------------------------
 
@@ -391,7 +437,7 @@ class CmpServer:
         decision = self.result_of(record.request_id)
         if isinstance(decision, Pending):
             entry = PollResponse(record.cert_req_id or 0, decision.retry_after)
-            return self._reply(exchange, "pollRep", bodies.poll_rep_body([entry]))
+            return self._retain(exchange, self._reply(exchange, "pollRep", bodies.poll_rep_body([entry])))
         return self._answer_certification(exchange, decision, record.cert_req_id or 0, record.body_type)
 
     # -- rr (RFC 4210 §5.3.9; RFC 9483 §4.2) ------------------------------------------------
@@ -429,7 +475,7 @@ class CmpServer:
             reason = decision.reason if isinstance(decision, Rejected) else RejectReason.BAD_REQUEST
             text = decision.text if isinstance(decision, Rejected) else "revocation not possible"
             status = StatusInfo(PkiStatus.REJECTION, frozenset({FAIL_INFO_OF_REASON.get(reason, FailInfo.BAD_REQUEST)}), (text,))
-        return self._reply(exchange, "rp", bodies.rp_body([status]))
+        return self._retain(exchange, self._reply(exchange, "rp", bodies.rp_body([status])))
 
     # -- genm (RFC 4210 §5.3.19; RFC 9483 §4.3) ----------------------------------------------
 
