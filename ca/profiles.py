@@ -7,6 +7,7 @@ key usage, EKU, lifetime and which subject attributes and SAN types survive.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,37 @@ SAN_TYPES: dict[str, type[x509.GeneralName]] = {
     "uri": x509.UniformResourceIdentifier,
 }
 
+# Registry fields a dns_names rule may name; ra.policy fills them in.
+DNS_NAME_FIELDS = ("serial", "mac", "imei", "hnb_id")
+DNS_NAME_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# RFC 1123 §2.1 / RFC 5890 §2.3.1: a letter-digit-hyphen label, no hyphen at its ends.
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+
+
+def is_ldh_label(label: str, *, a_label_ok: bool) -> bool:
+    """A lower-case LDH label. Hyphens in positions 3 and 4 make a reserved
+    label (RFC 5890 §2.3.1): "xn--" is an IDNA A-label, which only an
+    operator's own text may carry, never a value a device brought."""
+    if _LDH_LABEL.fullmatch(label) is None:
+        return False
+    return label[2:4] != "--" or (a_label_ok and label.startswith("xn--"))
+
+
+def is_host_name(name: str, *, a_labels_ok: bool = True) -> bool:
+    """A fully qualified host name in its canonical form: lower-case ASCII LDH
+    labels (RFC 1123 §2.1), two or more, at most 253 octets, no wildcard, no
+    empty label and no trailing dot (RFC 5280 §4.2.1.6 forbids both), and a
+    top-level label that is not all digits (RFC 3696 §2)."""
+    if len(name) > 253 or not name.isascii():
+        return False
+    labels = name.split(".")
+    return (
+        len(labels) >= 2
+        and all(is_ldh_label(label, a_label_ok=a_labels_ok) for label in labels)
+        and not labels[-1].isdigit()
+    )
 
 
 def key_type_name(public_key: object) -> str:
@@ -91,6 +122,9 @@ class Profile:
     require_cn: bool
     san_types: frozenset[str]
     cn_as_dns_san: bool = False
+    # Device certificates: the dNSNames a device may have, as templates of
+    # its registry fields ("{serial}.enb.operator.example"); see ra.policy.
+    dns_names: tuple[str, ...] = ()
     certificate_policies: tuple[ObjectIdentifier, ...] = ()
     ocsp_no_check: bool = False
     lint: bool = True
@@ -153,6 +187,25 @@ def _string_list(raw: dict[str, Any], key: str, where: str) -> list[str]:
     return value
 
 
+def _dns_name_rules(raw: dict[str, Any], where: str, san_types: list[str]) -> tuple[str, ...]:
+    rules = []
+    for rule in _string_list(raw, "dns_names", where):
+        fields = DNS_NAME_PLACEHOLDER.findall(rule)
+        unknown = [f for f in fields if f not in DNS_NAME_FIELDS]
+        if unknown or not fields:
+            # A name without a device field would be every device's name.
+            raise ProfileError(
+                f"{where}: dns_names entry {rule!r} must name the device with "
+                f"{', '.join('{' + f + '}' for f in DNS_NAME_FIELDS)}"
+            )
+        if not is_host_name(DNS_NAME_PLACEHOLDER.sub("x", rule.lower())):
+            raise ProfileError(f"{where}: dns_names entry {rule!r} is not a host name such as \"{{serial}}.enb.example\"")
+        rules.append(rule.lower())
+    if rules and "dns" not in san_types:
+        raise ProfileError(f"{where}: dns_names needs \"dns\" in san_types")
+    return tuple(rules)
+
+
 def _parse_profile(name: str, raw: Any) -> Profile:
     where = f"profile {name!r}"
     if not isinstance(raw, dict):
@@ -188,6 +241,7 @@ def _parse_profile(name: str, raw: Any) -> Profile:
     san_types = _string_list(raw, "san_types", where)
     if any(s not in SAN_TYPES for s in san_types):
         raise ProfileError(f"{where}: san_types must name some of {', '.join(SAN_TYPES)}")
+    dns_names = _dns_name_rules(raw, where, san_types)
     try:
         policies = tuple(
             ObjectIdentifier(p) for p in _string_list(raw, "certificate_policies", where)
@@ -220,6 +274,7 @@ def _parse_profile(name: str, raw: Any) -> Profile:
         require_cn=flags["require_cn"],
         san_types=frozenset(san_types),
         cn_as_dns_san=flags["cn_as_dns_san"],
+        dns_names=dns_names,
         certificate_policies=policies,
         ocsp_no_check=flags["ocsp_no_check"],
         lint=flags["lint"],

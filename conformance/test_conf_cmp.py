@@ -165,6 +165,35 @@ def test_p10cr_and_genm_cacerts(served: Server, workdir: Path) -> None:  # noqa:
 # -- refused -----------------------------------------------------------------------------------
 
 
+def last_audit(server: Server, device: str) -> dict[str, object]:
+    records = json.loads(ztpki("audit", "list", "--json", "--device", device, home=server.inst.home).stdout)
+    return dict(records[-1])
+
+
+def test_a_dns_name_under_another_domain_is_refused_with_badCertTemplate(served: Server, vendor: Path, workdir: Path) -> None:  # noqa: F811
+    """Issue 10 finding 2: the enb profile carries serverAuth, and '<serial>.<any domain>'
+    was issued because only the first label was compared."""
+    register(served, workdir, "ENB-SAN-1", vendor="acme")
+    device_cert, device_key = idevid(vendor, workdir, "ENB-SAN-1")
+    for name in ("ENB-SAN-1.evil.example", "enb-san-1.evil.example"):
+        cert = workdir / "san.pem"
+        out = cmp(served, "ir", "-cert", device_cert, "-key", device_key, "-newkey", new_key(workdir / "san.key"),
+                  "-subject", "/CN=ENB-SAN-1", "-sans", name, "-trusted", served.inst.root_pem, "-certout", cert,
+                  check=False)
+        assert "badCertTemplate" in out and "rejection" in out, out
+        assert not cert.exists()
+        record = last_audit(served, "ENB-SAN-1")
+        assert (record["outcome"], record["reason"], record["protocol"]) == ("rejected", "policy_violation", "cmp"), record
+        assert "does not name device ENB-SAN-1" in str(record["details"]), record
+    listed = json.loads(ztpki("certs", "list", "--device", "ENB-SAN-1", "--json", home=served.inst.home).stdout)
+    assert listed == [], listed
+    # The same device without the foreign name is issued (no dNSName: the default enb profile gives none).
+    cmp(served, "ir", "-cert", device_cert, "-key", device_key, "-newkey", new_key(workdir / "ok.key"),
+        "-subject", "/CN=ENB-SAN-1", "-trusted", served.inst.root_pem, "-certout", workdir / "ok.pem")
+    text = run(["openssl", "x509", "-in", workdir / "ok.pem", "-noout", "-text"]).stdout
+    assert "DNS:" not in text and "ENB-SAN-1" in text
+
+
 def test_wrong_secret_is_refused_with_badMessageCheck(served: Server, workdir: Path) -> None:  # noqa: F811
     register(served, workdir, "ENB-MAC-2")
     ref, _ = mac_credential(served, "ENB-MAC-2")

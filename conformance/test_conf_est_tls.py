@@ -174,11 +174,11 @@ class Reply:
     body: bytes
 
 
-def csr_b64(work: Path, name: str, subject: str = "/CN=device") -> Path:
+def csr_b64(work: Path, name: str, subject: str = "/CN=device", *extra: str) -> Path:
     """base64 of a DER PKCS#10 made by openssl req (RFC 7030 §4.2.1); the key beside it."""
     der = work / f"{name}.csr.der"
     run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", work / f"{name}.key", "-subj", subject, "-outform", "DER", "-out", der])
+         "-keyout", work / f"{name}.key", "-subj", subject, *extra, "-outform", "DER", "-out", der])
     body = work / f"{name}.csr"
     body.write_bytes(base64.encodebytes(der.read_bytes()))
     return body
@@ -268,6 +268,17 @@ def test_a_blocked_device_gets_403(setup: Setup, workdir: Path) -> None:
     cert, key = setup.device("UCPE-BLOCKED")
     reply = curl(setup, f"{setup.tls_url}/simpleenroll", "--cert", cert, "--key", key, body=csr_b64(workdir, "b"))
     assert reply.status == 403, reply
+
+
+def test_a_dns_name_under_another_domain_gets_400_and_an_audit_record(setup: Setup, workdir: Path) -> None:
+    # Issue 10 finding 2: '<serial>.<any domain>' was kept, only the first label compared.
+    cert, key = setup.device("UCPE-1")
+    for name in ("UCPE-1.evil.example", "ucpe-1.evil.example"):
+        body = csr_b64(workdir, "evil", "/CN=UCPE-1", "-addext", f"subjectAltName=DNS:{name}")
+        reply = curl(setup, f"{setup.tls_url}/simpleenroll", "--cert", cert, "--key", key, body=body)
+        assert reply.status == 400 and b"does not name device UCPE-1" in reply.body, reply
+        records = json.loads(ztpki("audit", "list", "--json", "--device", "UCPE-1", home=setup.inst.home).stdout)
+        assert (records[-1]["outcome"], records[-1]["reason"], records[-1]["protocol"]) == ("rejected", "policy_violation", "est")
 
 
 def test_a_request_waiting_for_approval_gets_202_then_its_certificate(setup: Setup, workdir: Path) -> None:

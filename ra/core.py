@@ -203,7 +203,7 @@ class EnrolmentCore:
         if registered is not None and registered != _spki(request.public_key):
             # The production line registered the device's key: only that key.
             raise Refusal(RejectReason.POLICY_VIOLATION, "the key is not the one registered for the device")
-        sans = check_device_sans(request.sans, device.serial, device.mac, device.imei)
+        sans = check_device_sans(request.sans, device, profile)
         return IssuanceOrder(
             ca=request.ca or self.cas.default_ca or "",
             profile=profile.name,

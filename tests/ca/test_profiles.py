@@ -77,3 +77,37 @@ def test_allowed_keys_pass() -> None:
     profile = default_profiles()["server"]
     profile.check_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
     profile.check_public_key(rsa.generate_private_key(65537, 2048).public_key())
+
+
+def test_dns_names_rules_are_read_lower_case_and_default_to_none() -> None:
+    assert parse_profiles(MINIMAL)["x"].dns_names == ()
+    assert all(profile.dns_names == () for profile in default_profiles().values())
+    rules = parse_profiles(MINIMAL + 'dns_names = ["{serial}.ENB.Operator.example", "m-{mac}.x.example"]\n')["x"].dns_names
+    assert rules == ("{serial}.enb.operator.example", "m-{mac}.x.example")
+
+
+@pytest.mark.parametrize(
+    "rules, message",
+    [
+        ('["enb.operator.example"]', "must name the device"),  # the same name for every device
+        ('["{tenant}.operator.example"]', "must name the device"),
+        ('["{SERIAL}.operator.example"]', "must name the device"),
+        ('["{serial}"]', "not a host name"),  # a single label
+        ('["*.{serial}.operator.example"]', "not a host name"),
+        ('["{serial}.operator.example."]', "not a host name"),
+        ('["{serial}..example"]', "not a host name"),
+        ('["{serial}.bücher.example"]', "not a host name"),
+        ('["{serial}.under_score.example"]', "not a host name"),
+        ('["{serial}.operator.123"]', "not a host name"),
+        ('["{serial.operator.example"]', "must name the device"),
+        ('["{serial}}.operator.example"]', "not a host name"),
+    ],
+)
+def test_a_dns_names_rule_that_is_not_a_host_name_of_the_device_is_refused(rules: str, message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        parse_profiles(MINIMAL + f"dns_names = {rules}\n")
+
+
+def test_dns_names_needs_the_dns_san_type() -> None:
+    with pytest.raises(ProfileError, match='needs "dns" in san_types'):
+        parse_profiles(MINIMAL.replace('san_types = ["dns"]', 'san_types = ["uri"]') + 'dns_names = ["{serial}.x.example"]\n')

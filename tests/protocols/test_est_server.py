@@ -42,6 +42,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     world.instance.core.policy = CorePolicy(per_device_limit=10**6, global_limit=10**6)
     profiles = world.instance.cas.profiles
     profiles["ucpe-manual"] = dataclasses.replace(profiles["ucpe"], name="ucpe-manual", approval="manual")
+    profiles["ucpe-named"] = dataclasses.replace(profiles["ucpe"], name="ucpe-named", dns_names=("{serial}.ucpe.example",))
     return world
 
 
@@ -232,10 +233,23 @@ def test_a_san_naming_another_device_is_400_and_nothing_issued(world: World, ser
     assert certificates_of(world, device) == []
 
 
-def test_a_san_naming_the_device_is_kept(server: EstServer, device: str, password: str) -> None:
-    san = x509.DNSName(f"{device.lower()}.ucpe.example")
-    certificate = issued(enrol(server, csr_b64(sans=[san]), authorization=password))
-    assert list(certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == [san]
+def test_a_dns_name_under_another_domain_is_400_and_nothing_issued(world: World, server: EstServer, device: str, password: str) -> None:
+    # Issue 10 finding 2: the serial as first label was enough, whatever the domain.
+    for foreign in (f"{device.lower()}.evil.example", f"{device.lower()}.ucpe.example"):
+        body = csr_b64(sans=[x509.DNSName(foreign)])
+        assert "does not name device" in refused(enrol(server, body, authorization=password), 400)
+    assert certificates_of(world, device) == []
+    last = list(world.instance.audit.records(device=device))[-1]
+    assert (last.outcome, last.reason) == ("rejected", "policy_violation")
+
+
+def test_the_dns_name_the_profile_gives_the_device_is_kept_in_its_canonical_spelling(world: World, server: EstServer) -> None:
+    device = world.device(profile="ucpe-named")
+    username, secret = world.instance.credentials.create_password(device_serial=device)
+    san = x509.DNSName(f"{device.upper()}.UCPE.example")
+    certificate = issued(enrol(server, csr_b64(sans=[san]), authorization=basic(username, secret)))
+    kept = list(certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    assert kept == [x509.DNSName(f"{device.lower()}.ucpe.example")]
 
 
 def test_a_csr_whose_signature_fails_is_400_bad_pop(world: World, server: EstServer, device: str, password: str) -> None:

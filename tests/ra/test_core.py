@@ -202,9 +202,38 @@ def test_ca_true_and_foreign_sans_and_missing_pop_are_refused(world: World) -> N
     refused(core.decide(enrolment(evidence, extensions=(ca_true,))), RejectReason.POLICY_VIOLATION)
     refused(core.decide(enrolment(evidence, sans=(x509.DNSName("bank.example.com"),))), RejectReason.POLICY_VIOLATION)
     refused(core.decide(enrolment(evidence, pop=False)), RejectReason.BAD_POP)
-    own = issued(core.decide(enrolment(evidence, sans=(x509.DNSName(f"{serial.lower()}.ran.example.net"),))))
+
+
+def test_a_dns_name_is_only_the_one_the_profile_gives_the_device(world: World) -> None:
+    # Issue 10 finding 2: "<serial>.<any domain>" was kept (first label only compared),
+    # in a certificate of the enb profile, which carries serverAuth.
+    core, cas = world.instance.core, world.instance.cas
+    serial = world.device()
+    evidence = VendorCertificate(world.idevid(serial))
+    for foreign in (f"{serial.lower()}.evil.example", f"{serial}.ran.example.net", serial.lower()):
+        refused(core.decide(enrolment(evidence, sans=(x509.DNSName(foreign),))), RejectReason.POLICY_VIOLATION)
+        last = list(world.instance.audit.records(device=serial))[-1]
+        assert (last.outcome, last.reason) == ("rejected", "policy_violation") and "does not name device" in last.details["text"]
+    assert list(world.instance.store.certificates(device_id=serial)) == []
+
+    cas.profiles["enb-named"] = dataclasses.replace(cas.profiles["enb"], name="enb-named", dns_names=("{serial}.ran.example.net",))
+    named = world.device(profile="enb-named")
+    evidence = VendorCertificate(world.idevid(named))
+    for foreign in (f"{named}.evil.example", f"{named}.ran.example.net.evil.example", f"{named}.ran.example.net.",
+                    f"*.{named}.ran.example.net", named, f"x.{named}.ran.example.net"):
+        refused(core.decide(enrolment(evidence, sans=(x509.DNSName(foreign),))), RejectReason.POLICY_VIOLATION)
+    # Case aside (RFC 4343) it is the device's name; the certificate carries the canonical spelling.
+    own = issued(core.decide(enrolment(evidence, sans=(x509.DNSName(f"{named.upper()}.RAN.Example.NET"),))))
     san = own.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == [f"{serial.lower()}.ran.example.net"]
+    assert list(san) == [x509.DNSName(f"{named.lower()}.ran.example.net")]
+
+
+def test_a_serial_that_looks_like_a_host_name_is_not_copied_into_a_dns_name(world: World) -> None:
+    # The server profile copies a host-name CN into the SAN; a device's CN is its serial.
+    serial = "gw1.bank.example"
+    world.instance.registry.register(serial=serial, vendor="acme", profile="server")
+    decision = world.instance.core.decide(enrolment(VendorCertificate(world.idevid(serial))))
+    refused(decision, RejectReason.POLICY_VIOLATION)
 
 
 def test_no_evidence_is_not_authorized(world: World) -> None:
