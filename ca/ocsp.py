@@ -25,7 +25,7 @@ from ca import der, signing
 from ca.issuer import CertificateAuthorities
 from ca.revocation import REASONS
 from ca.db import now
-from ca.ocsp_request import MAX_CERT_IDS, MAX_NONCE, CertId, MalformedRequest, OcspRequest, parse_request
+from ca.ocsp_request import CertId, MalformedRequest, OcspRequest, parse_request
 from ca.store import AuthorityRecord
 from hsm import HsmError, SignAlgorithm, default_sign_algorithm
 
@@ -40,7 +40,6 @@ _HASH_ALGORITHMS: dict[str, hashes.HashAlgorithm] = {
 # (cryptography's builder refuses negative serials).
 _ISSUABLE = range(1, 2**159)
 MAX_REQUEST = 64 * 1024
-__all__ = ["MAX_CERT_IDS", "MAX_NONCE", "MAX_REQUEST", "OcspResponder", "unsuccessful"]
 StatusRow = tuple[str, datetime | None, str | None]
 
 

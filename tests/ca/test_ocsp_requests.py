@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from ca.issuer import CertificateAuthorities
-from ca.ocsp import MAX_CERT_IDS, OcspResponder
+from ca.ocsp import OcspResponder
+from ca.ocsp_request import MAX_CERT_IDS
 
 from ca.revocation import Revocations
 from cahelpers import client_order
