@@ -5,6 +5,10 @@ revocation is visible at once from every worker and node. What is cached
 is only the signature work: a response to a request without a nonce is kept
 per (certificate, status) and re-signed when older than `refresh`. A request
 with a nonce gets a fresh response echoing it (RFC 8954).
+
+A request with several certIDs (up to ca/ocsp_request.MAX_CERT_IDS) gets one
+signed response answering each (RFC 6960 §4.2.1); it is built each time, not
+cached, so it costs one store lookup per certID and one signature.
 """
 
 from __future__ import annotations
