@@ -5,6 +5,10 @@ revocation is visible at once from every worker and node. What is cached
 is only the signature work: a response to a request without a nonce is kept
 per (certificate, status) and re-signed when older than `refresh`. A request
 with a nonce gets a fresh response echoing it (RFC 8954).
+
+A request with several certIDs (up to ca/ocsp_request.MAX_CERT_IDS) gets one
+signed response answering each (RFC 6960 §4.2.1); it is built each time, not
+cached, so it costs one store lookup per certID and one signature.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from asn1crypto import keys
+from asn1crypto import core as asn1_core, keys, ocsp as asn1_ocsp
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
@@ -26,15 +29,22 @@ from ca import der, signing
 from ca.issuer import CertificateAuthorities
 from ca.revocation import REASONS
 from ca.db import now
+from ca.ocsp_request import CertId, MalformedRequest, OcspRequest, parse_request
 from ca.store import AuthorityRecord
 from hsm import HsmError, SignAlgorithm, default_sign_algorithm
 
 # RFC 6960 §4.2.1: id-pkix-ocsp-basic
 _BASIC_OID = bytes.fromhex("06092b0601050507300101")
 _HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
-# RFC 8954 §2.1: a nonce is 1 to 32 octets.
-MAX_NONCE = 32
+_HASH_ALGORITHMS: dict[str, hashes.HashAlgorithm] = {
+    "sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512(),
+}
+# RFC 5280 §4.1.2.2: serials are positive and at most 20 octets. Ours always
+# are; any other gets "unknown" without a store lookup, built by asn1crypto
+# (cryptography's builder refuses negative serials).
+_ISSUABLE = range(1, 2**159)
 MAX_REQUEST = 64 * 1024
+StatusRow = tuple[str, datetime | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,8 @@ class OcspResponder:
         self._index = index
         self._index_loaded_at = time.monotonic()
 
-    def _responder_for(self, request: ocsp.OCSPRequest) -> _Responder | None:
-        key = (request.hash_algorithm.name, request.issuer_name_hash, request.issuer_key_hash)
+    def _responder_for(self, cert_id: CertId) -> _Responder | None:
+        key = (cert_id.hash_name, cert_id.issuer_name_hash, cert_id.issuer_key_hash)
         if key not in self._index and time.monotonic() - self._index_loaded_at > 10:
             # A CA added since we last looked (at most one reload per 10 s).
             self._load_index()
@@ -117,47 +127,63 @@ class OcspResponder:
     # -- answering -------------------------------------------------------------
 
     def respond(self, request_der: bytes) -> bytes:
-        """Answer one DER OCSPRequest (RFC 6960 §4.1) with a DER OCSPResponse."""
+        """Answer one DER OCSPRequest (RFC 6960 §4.1) with a DER OCSPResponse:
+        one signed response with a SingleResponse per certID (§4.2.1)."""
         if len(request_der) > MAX_REQUEST:
             return MALFORMED
         try:
-            request = ocsp.load_der_ocsp_request(request_der)
-            hash_name = request.hash_algorithm.name
-            nonce = self._nonce(request)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            # UnsupportedAlgorithm: a CertID hash cryptography does not know.
-            return MALFORMED
-        if hash_name not in _HASHES:
+            request = self._parse(request_der)
+        except MalformedRequest:
             return MALFORMED
         try:
-            responder = self._responder_for(request)
-            if responder is None:
-                # RFC 6960 §2.3: not a CA this responder answers for.
-                return UNAUTHORIZED
-            row = self.cas.store.status_row(responder.authority.id, request.serial_number)
-            status_key = row if row is None else (row[0], row[1], row[2])
-            cache_key = (responder.authority.id, request.serial_number, hash_name, status_key)
-            if nonce is None:
-                cached = self._cached(cache_key)
-                if cached is not None:
-                    return cached
-            response = self._build(responder, request, row, nonce)
+            if len(request.cert_ids) == 1 and request.cert_ids[0].serial in _ISSUABLE:
+                return self._respond_one(request.cert_ids[0], request.nonce)
+            return self._respond_any(request)
         except HsmError:
             return TRY_LATER
+
+    @staticmethod
+    def _parse(request_der: bytes) -> OcspRequest:
+        return parse_request(request_der)
+
+    def _respond_one(self, cert_id: CertId, nonce: bytes | None) -> bytes:
+        """The common request, built by cryptography and cached without a nonce."""
+        responder = self._responder_for(cert_id)
+        if responder is None:
+            # RFC 6960 §2.3: not a CA this responder answers for.
+            return UNAUTHORIZED
+        row = self.cas.store.status_row(responder.authority.id, cert_id.serial)
+        status_key = row if row is None else (row[0], row[1], row[2])
+        cache_key = (responder.authority.id, cert_id.serial, cert_id.hash_name, status_key)
+        if nonce is None:
+            cached = self._cached(cache_key)
+            if cached is not None:
+                return cached
+        response = self._build(responder, cert_id, row, nonce)
         if nonce is None:
             self._remember(cache_key, response)
         return response
 
-    @staticmethod
-    def _nonce(request: ocsp.OCSPRequest) -> bytes | None:
-        try:
-            extension = request.extensions.get_extension_for_class(x509.OCSPNonce)
-        except x509.ExtensionNotFound:
-            return None
-        value = extension.value.nonce
-        if not 1 <= len(value) <= MAX_NONCE:
-            raise ValueError("nonce length outside RFC 8954 bounds")
-        return bytes(value)
+    def _respond_any(self, request: OcspRequest) -> bytes:
+        """Several certIDs, or a serial we never issue: built with asn1crypto.
+
+        The response is signed by the responder of the first certID naming
+        one of our CAs; it speaks only for that CA (RFC 6960 §4.2.2.2), so
+        every certID of another issuer, ours or not, is "unknown" (§2.2: "an
+        unrecognized issuer that is not served by this responder"). Only when
+        no certID names a CA of ours is the whole request unauthorized (§2.3).
+        """
+        responders = [self._responder_for(cert_id) for cert_id in request.cert_ids]
+        signer = next((r for r in responders if r is not None), None)
+        if signer is None:
+            return UNAUTHORIZED
+        rows = [
+            self.cas.store.status_row(signer.authority.id, cert_id.serial)
+            if responder is not None and responder.authority.id == signer.authority.id
+            and cert_id.serial in _ISSUABLE else None
+            for cert_id, responder in zip(request.cert_ids, responders)
+        ]
+        return self._build_any(signer, request, rows)
 
     def _cached(self, key: tuple[object, ...]) -> bytes | None:
         with self._lock:
@@ -179,35 +205,23 @@ class OcspResponder:
     def _build(
         self,
         responder: _Responder,
-        request: ocsp.OCSPRequest,
-        row: tuple[str, object, str | None] | None,
+        cert_id: CertId,
+        row: StatusRow | None,
         nonce: bytes | None,
     ) -> bytes:
         this_update = now().replace(microsecond=0)
-        revocation_time = None
-        revocation_reason = None
-        if row is None or row[0] in ("signing", "failed"):
-            # Never issued (or not yet): RFC 6960 §2.2 "unknown".
-            status = ocsp.OCSPCertStatus.UNKNOWN
-        elif row[0] in ("revoked", "hold"):
-            status = ocsp.OCSPCertStatus.REVOKED
-            revocation_time = row[1]
-            revocation_reason = REASONS.get(row[2] or "unspecified")
-            if revocation_reason is x509.ReasonFlags.unspecified:
-                revocation_reason = None
-        else:
-            status = ocsp.OCSPCertStatus.GOOD
+        status, revocation_time, revocation_reason = _status_of(row)
         builder = (
             ocsp.OCSPResponseBuilder()
             .add_response_by_hash(
-                issuer_name_hash=request.issuer_name_hash,
-                issuer_key_hash=request.issuer_key_hash,
-                serial_number=request.serial_number,
-                algorithm=request.hash_algorithm,
+                issuer_name_hash=cert_id.issuer_name_hash,
+                issuer_key_hash=cert_id.issuer_key_hash,
+                serial_number=cert_id.serial,
+                algorithm=_HASH_ALGORITHMS[cert_id.hash_name],
                 cert_status=status,
                 this_update=this_update,
                 next_update=this_update + self.validity,
-                revocation_time=revocation_time,  # type: ignore[arg-type]
+                revocation_time=revocation_time,
                 revocation_reason=revocation_reason,
             )
             .responder_id(ocsp.OCSPResponderEncoding.HASH, signing.scratch_certificate())
@@ -216,7 +230,46 @@ class OcspResponder:
             builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
         scratch = builder.sign(signing.scratch_key(), hashes.SHA256())
         # ResponseData: version is DEFAULT v1 and omitted, so responderID is first.
-        tbs = der.replace_element(scratch.tbs_response_bytes, 0, responder.responder_id)
+        return self._signed(responder, der.replace_element(scratch.tbs_response_bytes, 0, responder.responder_id))
+
+    def _build_any(self, responder: _Responder, request: OcspRequest, rows: list[StatusRow | None]) -> bytes:
+        """ResponseData (RFC 6960 §4.2.1) with one SingleResponse per certID, in
+        request order; cryptography's builder takes one response only."""
+        this_update = now().replace(microsecond=0)
+        singles = []
+        for cert_id, row in zip(request.cert_ids, rows):
+            status, revocation_time, revocation_reason = _status_of(row)
+            if status is ocsp.OCSPCertStatus.REVOKED:
+                # RFC 5280 §4.1.2.5.2: GeneralizedTime without fractional seconds.
+                assert revocation_time is not None
+                info: dict[str, object] = {"revocation_time": revocation_time.replace(microsecond=0)}
+                if revocation_reason is not None:
+                    info["revocation_reason"] = revocation_reason.name
+                cert_status: tuple[str, object] = ("revoked", info)
+            else:
+                cert_status = (status.name.lower(), asn1_core.Null())
+            singles.append({
+                "cert_id": {
+                    "hash_algorithm": {"algorithm": cert_id.hash_name},
+                    "issuer_name_hash": cert_id.issuer_name_hash,
+                    "issuer_key_hash": cert_id.issuer_key_hash,
+                    "serial_number": cert_id.serial,
+                },
+                "cert_status": cert_status,
+                "this_update": this_update,
+                "next_update": this_update + self.validity,
+            })
+        data: dict[str, object] = {
+            "responder_id": asn1_ocsp.ResponderId.load(responder.responder_id),
+            "produced_at": this_update,
+            "responses": singles,
+        }
+        if request.nonce is not None:
+            data["response_extensions"] = [{"extn_id": "nonce", "critical": False, "extn_value": request.nonce}]
+        return self._signed(responder, bytes(asn1_ocsp.ResponseData(data).dump()))
+
+    def _signed(self, responder: _Responder, tbs: bytes) -> bytes:
+        """OCSPResponse with the BasicOCSPResponse over tbs, signed in the token."""
         signer = self.cas.token.signer(responder.authority.ocsp_key_label or "", responder.algorithm)
         basic = der.sequence(
             tbs,
@@ -228,3 +281,14 @@ class OcspResponder:
             b"\x0a\x01\x00",  # responseStatus successful
             der.tlv(0xA0, der.sequence(_BASIC_OID, der.tlv(0x04, basic))),
         )
+
+
+def _status_of(row: StatusRow | None) -> tuple[ocsp.OCSPCertStatus, datetime | None, x509.ReasonFlags | None]:
+    """(status, revocation time, reason) for a store row (RFC 6960 §2.2)."""
+    if row is None or row[0] in ("signing", "failed"):
+        # Never issued (or not yet): RFC 6960 §2.2 "unknown".
+        return ocsp.OCSPCertStatus.UNKNOWN, None, None
+    if row[0] in ("revoked", "hold"):
+        reason = REASONS.get(row[2] or "unspecified")
+        return ocsp.OCSPCertStatus.REVOKED, row[1], None if reason is x509.ReasonFlags.unspecified else reason
+    return ocsp.OCSPCertStatus.GOOD, None, None
