@@ -281,3 +281,20 @@ def insert_if_absent(connection: Connection, table: Any, values: dict[str, Any])
 
 # Built once per (dialect, table, columns): building costs more than running.
 _INSERT_IF_ABSENT: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+
+# -- fault injection -------------------------------------------------------------
+#
+# tests/ca/test_crash.py starts a process with ZTPKI_CRASH_AT=<point> and
+# expects it to die at that point between two commits, as under kill -9
+# (os._exit: no cleanup, no rollback beyond what the database does itself).
+# Read once at import: a production process pays one comparison per point.
+CRASH_ENV = "ZTPKI_CRASH_AT"
+CRASH_EXIT_CODE = 137
+_CRASH_AT = os.environ.get(CRASH_ENV) or None
+
+
+def crash_point(name: str) -> None:
+    """Die here when this process was started to crash at `name`."""
+    if _CRASH_AT is not None and _CRASH_AT == name:
+        os._exit(CRASH_EXIT_CODE)

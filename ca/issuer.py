@@ -5,7 +5,9 @@ Issuance cycle (Boulder's "record before sign"):
   'signing' → the token signs → verify the signature with the CA public key →
   store the certificate as 'valid' → return it.
 A crash between the steps leaves a 'signing' row: the store always lists
-every serial the token may have signed.
+every serial the token may have signed. Reconciliation (ca/reconcile.py)
+later revokes such a row as possibly issued, so OCSP and the CRL account for
+it too.
 """
 
 from __future__ import annotations
@@ -221,6 +223,7 @@ class CertificateAuthorities:
     def _sign_reserved(
         self, authority: Authority, signer: signing.Signer, serial: int, tbs: bytes
     ) -> IssuedCertificate:
+        db.crash_point("issue.reserved")
         try:
             certificate_der = signing.sign_tbs(tbs, signer)
             certificate = x509.load_der_x509_certificate(certificate_der)
@@ -228,7 +231,13 @@ class CertificateAuthorities:
         except (HsmError, InvalidSignature, ValueError, TypeError) as exc:
             self.store.fail_issuance(authority.record.id, serial)
             raise IssuanceError(f"signing failed: {exc}") from None
-        self.store.complete_issuance(authority.record.id, serial, certificate_der)
+        db.crash_point("issue.signed")
+        try:
+            self.store.complete_issuance(authority.record.id, serial, certificate_der)
+        except Conflict:
+            # Reconciliation revoked the row as possibly issued while the
+            # token took longer than its bound: recorded, never delivered.
+            raise IssuanceError(f"serial {serial:x} was revoked while being signed") from None
         return IssuedCertificate(
             certificate=certificate, der=certificate_der, chain=authority.chain
         )

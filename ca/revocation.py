@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Callable
 
 from cryptography import x509
 
-from ca import signing
+from ca import db, signing
 from ca.issuer import CertificateAuthorities, IssuanceError, UnknownAuthority
 from ca.db import NotFound, now
 from ca.store import CertificateRecord, CrlRecord
@@ -50,11 +52,39 @@ class CrlPolicy:
     refresh: timedelta = timedelta(hours=1)
 
 
+@dataclass(frozen=True)
+class ReconcileAction:
+    """One repair made after a crash, for the audit log (issue 18)."""
+
+    kind: str  # "possibly-issued-revoked" | "stale-crl-reissued"
+    ca: str
+    serial: int | None
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+
+
+# Called inside the transaction that makes the repair, so the repair and its
+# audit record land together or not at all (ca cannot import ra/audit).
+ReconcileHook = Callable[[ReconcileAction], None]
+
+
 class Revocations:
-    def __init__(self, cas: CertificateAuthorities, policy: CrlPolicy = CrlPolicy()) -> None:
+    def __init__(
+        self,
+        cas: CertificateAuthorities,
+        policy: CrlPolicy = CrlPolicy(),
+        *,
+        on_reconcile: ReconcileHook | None = None,
+    ) -> None:
         self.cas = cas
         self.store = cas.store
         self.policy = policy
+        self.on_reconcile = on_reconcile
+        # One re-issue per CA at a time in this process: the threads of a
+        # worker that all find the CRL stale wait for one CRL, not sign N.
+        self._publishing: dict[str, threading.Lock] = {}
+        self._publishing_guard = threading.Lock()
 
     def revoke(
         self,
@@ -64,7 +94,12 @@ class Revocations:
         ca: str | None = None,
         at: datetime | None = None,
     ) -> CertificateRecord:
-        """Revoke (or put on hold, or release a hold with 'removeFromCRL')."""
+        """Revoke (or put on hold, or release a hold with 'removeFromCRL').
+
+        The CRL is marked stale in the same transaction and re-issued before
+        it is next served or by the maintenance sweep, whichever comes first:
+        one CRL for a burst of revocations, and a crash cannot lose it.
+        """
         if reason.replace("-", "").replace("_", "").lower() == "removefromcrl":
             return self.release_hold(serial, ca=ca)
         reason = reason_name(reason)
@@ -73,8 +108,10 @@ class Revocations:
             allowed: tuple[str, ...] = ("valid",)
             status = "hold"
         else:
-            # RFC 5280 §5.3.1: a held certificate may be revoked for good.
-            allowed = ("valid", "hold")
+            # RFC 5280 §5.3.1: a held certificate may be revoked for good. A
+            # 'signing' row may have been signed by the token: revocable
+            # (Boulder treats precertificates as issued for revocation).
+            allowed = ("valid", "hold", "signing")
             status = "revoked"
         if record.status not in allowed:
             raise RevocationError(
@@ -88,7 +125,7 @@ class Revocations:
             reason=reason,
             allowed_from=allowed,
         )
-        self.publish_crl(record.authority)
+        db.crash_point("revoke.marked")
         return self._record(serial, record.authority)
 
     def release_hold(self, serial: int, *, ca: str | None = None) -> CertificateRecord:
@@ -99,7 +136,6 @@ class Revocations:
             record.authority_id, serial, status="valid", revoked_at=None, reason=None,
             allowed_from=("hold",),
         )
-        self.publish_crl(record.authority)
         return self._record(serial, record.authority)
 
     def _record(self, serial: int, ca: str | None) -> CertificateRecord:
@@ -111,12 +147,19 @@ class Revocations:
 
     # -- CRLs ------------------------------------------------------------------
 
-    def publish_crl(self, ca: str) -> CrlRecord:
-        """Sign and store a new full CRL for CA `ca` (RFC 5280 §5.1)."""
+    def publish_crl(self, ca: str, *, why: str = "requested") -> CrlRecord:
+        """Sign and store a new full CRL for CA `ca` (RFC 5280 §5.1).
+
+        `why` is "stale" when a revocation came after the latest CRL: the
+        re-issue is then a repair and is reported to on_reconcile in the
+        transaction that saves the CRL.
+        """
         authority = self.cas.authority(ca)
         if authority.record.kind == "external":
             raise UnknownAuthority(f"CA {ca!r} has no key here; it publishes its own CRL")
+        contents = self.store.crl_contents(authority.record.id)
         number = self.store.next_crl_number(authority.record.id)
+        db.crash_point("crl.numbered")
         this_update = now().replace(microsecond=0)
         next_update = this_update + self.policy.validity
         builder = (
@@ -130,7 +173,7 @@ class Revocations:
                 critical=False,
             )
         )
-        for serial, revoked_at, reason in self.store.revoked_entries(authority.record.id):
+        for serial, revoked_at, reason in contents.entries:
             entry = (
                 x509.RevokedCertificateBuilder()
                 .serial_number(serial)
@@ -150,15 +193,55 @@ class Revocations:
         if not crl.is_signature_valid(authority.certificate.public_key()):  # type: ignore[arg-type]
             raise IssuanceError(f"the token produced a bad CRL signature for {ca!r}")
         record = CrlRecord(
-            crl_number=number, this_update=this_update, next_update=next_update, der=crl_der
+            crl_number=number, this_update=this_update, next_update=next_update, der=crl_der,
+            revocation_revision=contents.revision,
         )
-        self.store.save_crl(authority.record.id, record)
+        db.crash_point("crl.signed")
+        with db.unit_of_work(self.store.engine):
+            self.store.save_crl(authority.record.id, record)
+            if why == "stale" and self.on_reconcile is not None:
+                self.on_reconcile(ReconcileAction(
+                    kind="stale-crl-reissued", ca=ca, serial=None,
+                    reason="a revocation came after the latest CRL",
+                    details={"crl_number": number, "revocation_revision": contents.revision,
+                             "entries": len(contents.entries)},
+                ))
         return record
 
+    def crl_due(self, ca: str) -> str | None:
+        """Why CA `ca` needs a new CRL now ("missing", "stale", "due"), or None."""
+        authority_id = self.cas.authority(ca).record.id
+        return self._due(self.store.latest_crl(authority_id), authority_id)
+
+    def _due(self, latest: CrlRecord | None, authority_id: int) -> str | None:
+        if latest is None:
+            return "missing"
+        if latest.revocation_revision < self.store.revocation_revision(authority_id):
+            return "stale"
+        if now() - latest.this_update >= self.policy.refresh:
+            return "due"
+        return None
+
+    def refresh_crl(self, ca: str) -> CrlRecord | None:
+        """Re-issue the CRL of `ca` when missing, stale or due; the new one, or None."""
+        with self._lock_for(ca):
+            why = self.crl_due(ca)
+            return None if why is None else self.publish_crl(ca, why=why)
+
     def current_crl(self, ca: str) -> CrlRecord:
-        """The latest CRL, re-issued first when older than the refresh interval."""
-        authority = self.cas.authority(ca)
-        latest = self.store.latest_crl(authority.record.id)
-        if latest is None or now() - latest.this_update >= self.policy.refresh:
-            return self.publish_crl(ca)
-        return latest
+        """The CRL to serve: never behind a revocation, never older than refresh."""
+        authority_id = self.cas.authority(ca).record.id
+        latest = self.store.latest_crl(authority_id)
+        if self._due(latest, authority_id) is None and latest is not None:
+            return latest
+        with self._lock_for(ca):
+            # Another thread may have re-issued it while this one waited.
+            latest = self.store.latest_crl(authority_id)
+            why = self._due(latest, authority_id)
+            if why is None and latest is not None:
+                return latest
+            return self.publish_crl(ca, why=why or "missing")
+
+    def _lock_for(self, ca: str) -> threading.Lock:
+        with self._publishing_guard:
+            return self._publishing.setdefault(ca, threading.Lock())

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -36,6 +37,9 @@ authorities = Table(
     Column("ocsp_certificate", LargeBinary),
     Column("crl_number", BigInteger, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Bumped with every change of a certificate's revocation state, in the
+    # same transaction: a CRL built from an older revision is stale.
+    Column("revocation_revision", BigInteger, nullable=False, default=0),
 )
 
 # Every certificate the token may have signed. A row exists in state
@@ -47,7 +51,9 @@ certificates = Table(
     Column("id", Integer, primary_key=True),
     Column("authority_id", Integer, ForeignKey("authorities.id"), nullable=False),
     Column("serial", String(42), nullable=False),  # lower-case hex, no leading zeros
-    Column("status", String(16), nullable=False),  # signing | valid | revoked | hold | failed
+    # signing | valid | revoked | hold | failed. A 'revoked' row without der
+    # was left 'signing' by a crash: possibly signed, never delivered.
+    Column("status", String(16), nullable=False),
     Column("subject", Text, nullable=False),
     Column("sans", Text, nullable=False),  # JSON list of "type:value"
     Column("device_id", String(128)),
@@ -64,6 +70,10 @@ certificates = Table(
     Index("ix_certificates_subject", "subject"),
     Index("ix_certificates_device", "device_id"),
     Index("ix_certificates_not_after", "not_after"),
+    Index(
+        "ix_certificates_signing", "created_at",
+        sqlite_where=text("status = 'signing'"), postgresql_where=text("status = 'signing'"),
+    ),
 )
 
 crls = Table(
@@ -75,5 +85,6 @@ crls = Table(
     Column("this_update", DateTime(timezone=True), nullable=False),
     Column("next_update", DateTime(timezone=True), nullable=False),
     Column("der", LargeBinary, nullable=False),
+    Column("revocation_revision", BigInteger, nullable=False, default=0),  # the CA's, when built
     UniqueConstraint("authority_id", "crl_number", name="uq_crls_authority_number"),
 )

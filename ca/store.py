@@ -19,7 +19,11 @@ from sqlalchemy.exc import IntegrityError
 
 from ca import db
 from ca.db import Conflict, NotFound, make_engine, now, run_migrations, serial_hex, utc
-from ca.schema import authorities, certificates, crls
+from ca.schema import authorities, certificates
+from ca.store_revocation import AbandonedSigning as AbandonedSigning
+from ca.store_revocation import CrlContents as CrlContents
+from ca.store_revocation import CrlRecord as CrlRecord
+from ca.store_revocation import RevocationQueries
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -58,14 +62,6 @@ class CertificateRecord:
     @property
     def serial_hex(self) -> str:
         return serial_hex(self.serial)
-
-
-@dataclass(frozen=True)
-class CrlRecord:
-    crl_number: int
-    this_update: datetime
-    next_update: datetime
-    der: bytes
 
 
 def _authority(row: Row[Any]) -> AuthorityRecord:
@@ -137,7 +133,7 @@ _STATUS = select(
 ).where(certificates.c.authority_id == bindparam("a"), certificates.c.serial == bindparam("s"))
 
 
-class Store:
+class Store(RevocationQueries):
     def __init__(self, url_or_engine: str | Engine, *, sqlite_synchronous: str = "FULL") -> None:
         if isinstance(url_or_engine, str):
             self.engine = make_engine(url_or_engine, sqlite_synchronous=sqlite_synchronous)
@@ -161,9 +157,6 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def _begin(self) -> Any:
-        return db.begin(self.engine)
 
     # -- authorities -------------------------------------------------------
 
@@ -271,7 +264,28 @@ class Store:
                 raise Conflict(f"serial {serial_hex(serial)} is not awaiting its signature")
 
     def complete_issuance(self, authority_id: int, serial: int, der: bytes) -> None:
-        self._set_signed_state(authority_id, serial, "valid", der)
+        """Store the signed certificate as 'valid'.
+
+        Conflict when the row is no longer 'signing': reconciliation (or an
+        admin) revoked it as possibly issued while the token was slow. The
+        certificate is then still recorded on that revoked row, so the store
+        keeps what the token signed, and it must not be delivered.
+        """
+        try:
+            self._set_signed_state(authority_id, serial, "valid", der)
+        except Conflict:
+            with self._begin() as conn:
+                conn.execute(
+                    update(certificates)
+                    .where(
+                        certificates.c.authority_id == authority_id,
+                        certificates.c.serial == serial_hex(serial),
+                        certificates.c.status == "revoked",
+                        certificates.c.der.is_(None),
+                    )
+                    .values(der=der)
+                )
+            raise
 
     def fail_issuance(self, authority_id: int, serial: int) -> None:
         """The token refused or produced a bad signature: nothing was issued."""
@@ -365,89 +379,6 @@ class Store:
             cached = (str(compiled), order)
             self._status_compiled = cached
         return cached
-
-    # -- revocation --------------------------------------------------------
-
-    def set_revocation(
-        self,
-        authority_id: int,
-        serial: int,
-        *,
-        status: str,
-        revoked_at: datetime | None,
-        reason: str | None,
-        allowed_from: Sequence[str],
-    ) -> None:
-        with self._begin() as conn:
-            result = conn.execute(
-                update(certificates)
-                .where(
-                    certificates.c.authority_id == authority_id,
-                    certificates.c.serial == serial_hex(serial),
-                    certificates.c.status.in_(list(allowed_from)),
-                )
-                .values(status=status, revoked_at=revoked_at, revocation_reason=reason)
-            )
-            if result.rowcount != 1:
-                raise Conflict(f"certificate {serial_hex(serial)} is not in state {'/'.join(allowed_from)}")
-
-    def revoked_entries(self, authority_id: int) -> list[tuple[int, datetime, str]]:
-        """Revoked and on-hold certificates that have not expired, for the CRL."""
-        with db.connect(self.engine) as conn:
-            rows = conn.execute(
-                select(
-                    certificates.c.serial,
-                    certificates.c.revoked_at,
-                    certificates.c.revocation_reason,
-                ).where(
-                    certificates.c.authority_id == authority_id,
-                    certificates.c.status.in_(["revoked", "hold"]),
-                    certificates.c.not_after > now(),
-                ).order_by(certificates.c.id)
-            ).all()
-        return [(int(r.serial, 16), utc(r.revoked_at), r.revocation_reason) for r in rows]
-
-    # -- CRLs ----------------------------------------------------------------
-
-    def next_crl_number(self, authority_id: int) -> int:
-        """Atomically take the next CRL number (RFC 5280 §5.2.3: monotonic)."""
-        with self._begin() as conn:
-            value = conn.execute(
-                update(authorities)
-                .where(authorities.c.id == authority_id)
-                .values(crl_number=authorities.c.crl_number + 1)
-                .returning(authorities.c.crl_number)
-            ).scalar_one()
-        return int(value)
-
-    def save_crl(self, authority_id: int, crl: CrlRecord) -> None:
-        with self._begin() as conn:
-            conn.execute(
-                insert(crls).values(
-                    authority_id=authority_id,
-                    crl_number=crl.crl_number,
-                    this_update=crl.this_update,
-                    next_update=crl.next_update,
-                    der=crl.der,
-                )
-            )
-
-    def latest_crl(self, authority_id: int) -> CrlRecord | None:
-        with db.connect(self.engine) as conn:
-            row = conn.execute(
-                select(crls)
-                .where(crls.c.authority_id == authority_id)
-                .order_by(crls.c.crl_number.desc())
-                .limit(1)
-            ).first()
-        if row is None:
-            return None
-        return CrlRecord(
-            crl_number=row.crl_number,
-            this_update=utc(row.this_update),
-            next_update=utc(row.next_update),
-            der=bytes(row.der),
-        )
 
     def count_certificates(self, status: str | None = None) -> int:
         query = select(func.count()).select_from(certificates)

@@ -10,7 +10,7 @@ from ca.issuer import CertificateAuthorities, UrlScheme
 from ca.ocsp import OcspResponder
 from ca.protection_identity import ProtectionIdentity, current_protection_certificate
 from ca.profiles import load_profiles
-from ca.revocation import CrlPolicy, Revocations
+from ca.revocation import CrlPolicy, ReconcileAction, Revocations
 import ra.db
 import vendor_trust.db
 from ca.db import make_engine
@@ -101,6 +101,21 @@ class Instance:
                 validity=timedelta(hours=self.settings.crl_validity_hours),
                 refresh=timedelta(minutes=self.settings.crl_refresh_minutes),
             ),
+            on_reconcile=self.audit_reconcile,
+        )
+
+    def audit_reconcile(self, action: ReconcileAction) -> None:
+        """Audit a crash repair; called inside the transaction making it (issue 18)."""
+        self.audit.append(
+            actor="ztpki",
+            protocol="maintenance",
+            operation=action.kind,
+            device=action.device,
+            evidence=[],
+            outcome="reconciled",
+            reason=action.reason,
+            serial=format(action.serial, "x") if action.serial is not None else None,
+            details={"ca": action.ca, **action.details},
         )
 
     @cached_property

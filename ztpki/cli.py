@@ -169,7 +169,9 @@ def issue(ctx: click.Context, csr_path: str, profile: str, ca_name: str | None, 
 @audited("revoke")
 def revoke(ctx: click.Context, serial_hex: str, reason: str, ca_name: str | None, as_json: bool) -> None:
     """Revoke a certificate; the CRL is re-issued and OCSP answers at once."""
-    record = _instance(ctx).revocations.revoke(parse_serial(serial_hex), reason, ca=ca_name)
+    revocations = _instance(ctx).revocations
+    record = revocations.revoke(parse_serial(serial_hex), reason, ca=ca_name)
+    revocations.refresh_crl(record.authority)
     if as_json:
         click.echo(json.dumps(_record_json(record), indent=2))
     else:
@@ -190,7 +192,20 @@ def _record_json(record: CertificateRecord) -> dict[str, Any]:
         "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
         "revocation_reason": record.revocation_reason,
         "created_at": record.created_at.isoformat(),
+        "issuance": issuance_state(record),
     }
+
+
+def issuance_state(record: CertificateRecord) -> str:
+    """What the store knows about the signature: a 'signing' row or one
+    reconciliation revoked may have been signed by the token (issue 18)."""
+    if record.der is not None:
+        return "issued"
+    if record.status == "signing":
+        return "being signed, or left by a crash: the token may have signed it (`ztpki reconcile` revokes it)"
+    if record.status == "failed":
+        return "not issued: the token returned no valid signature"
+    return "possibly issued: the token may have signed it before a crash; never delivered"
 
 
 @main.group()
@@ -237,7 +252,7 @@ def certs_show(ctx: click.Context, serial_hex: str, ca_name: str | None, pem: bo
     certificate = x509.load_der_x509_certificate(record.der) if record.der else None
     if pem:
         if certificate is None:
-            raise click.ClickException(f"{record.serial_hex} was never signed ({record.status})")
+            raise click.ClickException(f"{record.serial_hex} has no stored certificate: {issuance_state(record)}")
         click.echo(certificate.public_bytes(Encoding.PEM).decode(), nl=False)
         return
     data = _record_json(record)

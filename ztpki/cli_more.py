@@ -107,6 +107,29 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
                             tls_port=tls_port))
 
     @main.command()
+    @click.option("--older-than", "older_than", type=click.IntRange(min=0), default=60, show_default=True,
+                  help="Seconds a row must have been 'signing' before it counts as left by a crash.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    @audited("reconcile")
+    def reconcile(ctx: click.Context, older_than: int, as_json: bool) -> None:
+        """Repair what a crash left: revoke rows left 'signing' as possibly issued,
+        re-issue stale CRLs (what every `ztpki serve` worker does each minute).
+        Each repair has its own audit record."""
+        from datetime import timedelta
+
+        from ztpki.maintenance import run_once, tasks_for
+
+        results = run_once(tasks_for(get_instance(ctx), signing_bound=timedelta(seconds=older_than)))
+        if as_json:
+            click.echo(json.dumps(results, indent=2))
+        else:
+            for name, count in results.items():
+                click.echo(f"{name:<16} {'FAILED (see log)' if count is None else count}")
+        if any(count is None for count in results.values()):
+            ctx.exit(1)
+
+    @main.command()
     @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Demo instance directory (created or reused).")
     @click.option("--port", type=int, default=8080, show_default=True)
     @click.option("--tls-port", type=int, help="HTTPS port (EST)  [default: PORT + 1]")

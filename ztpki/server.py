@@ -37,6 +37,7 @@ from gunicorn.app.base import BaseApplication
 from ztpki.app import create_app
 from ztpki.assembly import Instance
 from ztpki.config import ConfigError, TlsSettings, load_settings
+from ztpki.maintenance import start_maintenance
 from ztpki.tls import gunicorn_ssl_context, refresh_client_ca
 from ztpki.transport import make_transport
 
@@ -61,6 +62,7 @@ class ZtpkiServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         # Without preload_app gunicorn calls this in each worker, after fork.
         instance = Instance.open(self.home)
+        start_maintenance(instance)  # reconciliation and CRLs, off the request path (issue 18)
         return create_app(instance, est_transport=make_transport(instance.settings.est))
 
 

@@ -31,7 +31,7 @@ ZTPKI = Path(sys.executable).parent / "ztpki"
 
 RECORD_KEYS = {
     "serial", "ca", "status", "subject", "sans", "device", "profile",
-    "not_before", "not_after", "revoked_at", "revocation_reason", "created_at",
+    "not_before", "not_after", "revoked_at", "revocation_reason", "created_at", "issuance",
 }
 
 

@@ -1,0 +1,100 @@
+"""Background work, off the request path, in one place (issue 18).
+
+Every worker process of `ztpki serve`, on every node, runs one daemon thread
+that sweeps at start (start-up reconciliation after a crash) and then once
+per interval: rows left 'signing' are revoked as possibly issued, stale or
+due CRLs are re-issued (one CRL per CA per sweep, however many revocations
+came before). `ztpki reconcile` runs the same tasks once.
+
+Several workers and nodes sweeping at once is safe without a leader: each
+task is a conditional UPDATE that exactly one sweeper wins per row, or an
+idempotent CRL re-issue (two sweepers at the same instant make two correct
+CRLs, nothing worse). A task that fails is logged and retried next sweep;
+it never stops the others or the thread.
+
+Adding a task: append a MaintenanceTask to `tasks_for` (e.g. the CMP
+transactions' confirm-wait expiry).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+
+from ca.reconcile import DEFAULT_SIGNING_BOUND, reconcile_crls, reconcile_signing
+from ztpki.assembly import Instance
+
+log = logging.getLogger("ztpki.maintenance")
+
+# With a signing bound no longer than the interval, a row a crash left
+# 'signing' is revoked at the latest by the first sweep one interval after
+# a restart.
+DEFAULT_INTERVAL = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class MaintenanceTask:
+    name: str
+    run: Callable[[], int]  # how many things it repaired or re-issued
+
+
+def tasks_for(instance: Instance, *, signing_bound: timedelta = DEFAULT_SIGNING_BOUND) -> list[MaintenanceTask]:
+    """The sweep's tasks, in order: revoking first lets the CRL re-issue list the result."""
+    return [
+        MaintenanceTask("possibly-issued", lambda: len(reconcile_signing(instance.revocations, signing_bound))),
+        MaintenanceTask("crls", lambda: len(reconcile_crls(instance.revocations))),
+    ]
+
+
+def run_once(tasks: list[MaintenanceTask]) -> dict[str, int | None]:
+    """Run every task once; None for one that failed (logged)."""
+    results: dict[str, int | None] = {}
+    for task in tasks:
+        try:
+            results[task.name] = task.run()
+        except Exception:  # the store or token is down: try again next sweep
+            log.exception("maintenance task %s failed", task.name)
+            results[task.name] = None
+    return results
+
+
+class MaintenanceRunner:
+    def __init__(self, tasks: list[MaintenanceTask], interval: timedelta = DEFAULT_INTERVAL) -> None:
+        self.tasks = tasks
+        self.interval = interval.total_seconds()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="ztpki-maintenance", daemon=True)
+
+    def start(self) -> "MaintenanceRunner":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self.thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            run_once(self.tasks)
+            # Spread the workers' sweeps over the interval (never longer, so
+            # the bound above holds) instead of having them all sweep at once.
+            self._stop.wait(self.interval * random.uniform(0.5, 1.0))
+
+
+# Keyed by pid: a forked worker inherits the parent's entry but not its thread.
+_RUNNERS: dict[int, MaintenanceRunner] = {}
+_RUNNERS_LOCK = threading.Lock()
+
+
+def start_maintenance(instance: Instance) -> MaintenanceRunner:
+    """Start this process's runner (once per process; later calls return it)."""
+    with _RUNNERS_LOCK:
+        runner = _RUNNERS.get(os.getpid())
+        if runner is None:
+            runner = _RUNNERS[os.getpid()] = MaintenanceRunner(tasks_for(instance)).start()
+        return runner
