@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftools import Server, init_instance, run, ztpki
-from ztpki.assembly import Instance
 from protocols.cmp.bodies import FailInfo, PkiStatus
 from protocols.cmp.client import (
     BODY_IR,
@@ -38,6 +37,7 @@ from protocols.cmp.client import (
 )
 
 CONFIRM_WAIT = 10  # the smallest [cmp] confirm_wait_seconds allows
+SWEEP = 2  # [maintenance] interval_seconds: each worker sweeps every 1-2 s
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         base = tmp_path_factory.mktemp("hijack")
         inst = init_instance(base / "home")
         config = inst.home / "ztpki.toml"
-        config.write_text(config.read_text().replace("confirm_wait_seconds = 600", f"confirm_wait_seconds = {CONFIRM_WAIT}"))
+        text = config.read_text().replace("confirm_wait_seconds = 600", f"confirm_wait_seconds = {CONFIRM_WAIT}")
+        config.write_text(text.replace("[maintenance]\ninterval_seconds = 60", f"[maintenance]\ninterval_seconds = {SWEEP}"))
         server = Server(inst, base / "serve.log")
         if server.start():
             break
@@ -117,13 +118,8 @@ def test_attacker_replaying_the_victims_transaction_is_refused_and_revokes_nothi
     assert rejecting.body_type == "error"
     assert ocsp_status(server, pem) == "good"
 
-    # After the confirmation wait the sweep finds nothing of the victim's to revoke.
-    time.sleep(CONFIRM_WAIT + 1)
-    instance = Instance.open(server.inst.home)
-    try:
-        instance.cmp_transactions.expire_unconfirmed()
-    finally:
-        instance.close()
+    # After the confirmation wait the workers' sweeps find nothing of the victim's to revoke.
+    time.sleep(CONFIRM_WAIT + 2 * SWEEP + 1)
     assert ocsp_status(server, pem) == "good"
     assert ztpki("audit", "verify", home=server.inst.home).returncode == 0
 
@@ -135,3 +131,35 @@ def test_attacker_replaying_the_victims_transaction_is_refused_and_revokes_nothi
     transaction = tid.hex()
     refusals = [r for r in log if r["outcome"] == "rejected" and transaction in json.dumps(r)]
     assert len(refusals) >= 2, log[-6:]
+
+
+def test_with_no_cmp_traffic_an_unconfirmed_certificate_is_revoked_after_the_wait(server: Server, tmp_path: Path) -> None:
+    """Issue 18: the confirm-wait sweep runs in the background, not on a
+    device's request; the revocation reaches OCSP and the served CRL and is
+    audited."""
+    url = f"{server.url}/.well-known/cmp"
+    records = tmp_path / "devices.csv"
+    records.write_text("serial,vendor,profile\nSILENT-1,,enb\n")
+    ztpki("devices", "import", records, home=server.inst.home)
+    out = ztpki("credentials", "create", "--device", "SILENT-1", "--kind", "mac", "--json", home=server.inst.home).stdout
+    created = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    device = MacCredential(created["reference"], created["secret"].encode())
+    started = time.monotonic()
+    _, request = cert_request(device, ec.generate_private_key(ec.SECP256R1()))
+    certificate = x509.load_der_x509_certificate(issued_certificate(post(url, request)))
+    assert time.monotonic() - started < CONFIRM_WAIT  # the ir did not wait for a sweep
+    pem = tmp_path / "silent.pem"
+    pem.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    assert ocsp_status(server, pem) == "good"
+    deadline = time.monotonic() + CONFIRM_WAIT + 4 * SWEEP + 15
+    while ocsp_status(server, pem) != "revoked":  # OCSP is no CMP traffic
+        assert time.monotonic() < deadline, "not revoked after the confirmation wait\n" + server.log()
+        time.sleep(1)
+    crl = run(["curl", "-sf", f"{server.url}/crl/issuing.crl", "-o", tmp_path / "issuing.crl"])
+    assert crl.returncode == 0
+    listed = run(["openssl", "crl", "-inform", "DER", "-in", tmp_path / "issuing.crl", "-noout", "-text"]).stdout
+    assert format(certificate.serial_number, "X").upper() in listed.replace(":", "").upper()
+    serial_hex = format(certificate.serial_number, "x")
+    revoked = [r for r in audit(server) if r["outcome"] == "revoked" and r["serial"] == serial_hex]
+    assert revoked and "no certConf" in json.dumps(revoked[0])
+    assert ztpki("audit", "verify", home=server.inst.home).returncode == 0

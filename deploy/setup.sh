@@ -36,6 +36,9 @@ run() {
 # Debian packages the project needs.
 #   libstrongswan-extra-plugins ships /usr/lib/ipsec/plugins/libstrongswan-curl.so,
 #   without which `pki --est` / `pki --scepclient` cannot fetch anything.
+#   libstrongswan-standard-plugins ships the openssl plugin, without which
+#   `pki` reads no EC key or certificate; libstrongswan only recommends it,
+#   and we install with --no-install-recommends (issue 11).
 PACKAGES=(
     softhsm2
     opensc
@@ -45,6 +48,7 @@ PACKAGES=(
     curl
     strongswan-pki
     libstrongswan-extra-plugins
+    libstrongswan-standard-plugins
     wrk
 )
 

@@ -39,6 +39,7 @@ REJECTED = "rejected"  # the request was refused
 CONFIRM_REJECTED = "confirm_rejected"  # the client rejected the certificate; revoked
 UNCONFIRMED = "unconfirmed"  # no certConf in time; revoked
 DONE = "done"  # rr and other one-shot exchanges
+ABANDONED = "abandoned"  # still open past its wait: the worker deciding it died
 
 # The statements of every enrolment, built once (building one costs more than running it).
 _T = cmp_transactions.c
@@ -251,7 +252,8 @@ class CmpTransactions:
         return True
 
     def expire_unconfirmed(self, limit: int = 1000) -> int:
-        """Revoke certificates whose certConf never came (RFC 4210 §5.3.18); how many.
+        """Revoke certificates whose certConf never came (RFC 4210 §5.3.18),
+        and close transactions left open by a process that died; how many.
 
         Each transaction's move and its revocation are one unit of work, so a
         crash leaves either both or neither. Transactions that an older
@@ -272,11 +274,31 @@ class CmpTransactions:
                 if self._move(tid, record.sender, (AWAITING_CONFIRM,), status=UNCONFIRMED):
                     self._revoke(record, "cessationOfOperation", "no certConf within the confirmation wait")
                     count += 1
+        count += self._abandon_open(limit)
         for row in left_valid:
             record = _row(row)
             with db.unit_of_work(self.engine):
                 self._revoke(record, "cessationOfOperation", f"transaction ended {record.status}; certificate was still valid")
                 count += 1
+        return count
+
+    def _abandon_open(self, limit: int) -> int:
+        """Transactions still `open` past their wait: the process deciding
+        them died (a crash between the serial's commit point and the reply).
+        Their certificate, if the token signed one, was never stored as
+        issued; ca.reconcile revokes such rows as possibly issued."""
+        with db.connect(self.engine) as conn:
+            rows = conn.execute(
+                select(cmp_transactions).where(_T.status == OPEN, _T.expires_at <= now()).limit(limit)
+            ).all()
+        count = 0
+        for row in rows:
+            record = _row(row)
+            with db.unit_of_work(self.engine):
+                if self._move(bytes.fromhex(record.transaction_id), record.sender, (OPEN,), status=ABANDONED):
+                    self._audit(record, "abandoned", "transaction_abandoned",
+                                "still open after the confirmation wait; its worker stopped before answering")
+                    count += 1
         return count
 
     def _confirmed_elsewhere(self, record: CmpTransaction) -> bool:
@@ -323,6 +345,6 @@ class CmpTransactions:
             evidence=[record.sender],
             outcome=outcome,
             reason=reason,
-            serial=format(record.certificate_serial or 0, "x"),
+            serial=format(record.certificate_serial, "x") if record.certificate_serial is not None else None,
             details={"transaction": record.transaction_id, "why": why, "ca": record.ca},
         )

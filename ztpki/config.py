@@ -237,6 +237,7 @@ class Settings:
     ra: RaSettings = field(default_factory=RaSettings)
     tls: TlsSettings | None = None
     est: EstSettings = field(default_factory=EstSettings)
+    maintenance: MaintenanceSettings = field(default_factory=lambda: MaintenanceSettings())
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -306,6 +307,7 @@ class Settings:
             "ra": self.ra.to_table(),
             **({"tls": self.tls.to_table()} if self.tls is not None else {}),
             "est": self.est.to_table(),
+            "maintenance": vars(self.maintenance),
             **self.extra,
         }
         return tomli_w.dumps(data)
@@ -323,6 +325,33 @@ def _typed(section: dict[str, Any], key: str, kind: type, default: Any, where: s
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"[{where}] {key} must be a {kind.__name__}")
     return value
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    """[maintenance]: the background sweep each `serve` worker runs (issue 18)."""
+
+    interval_seconds: int = 60  # between sweeps (each worker sweeps at 0.5-1x this)
+    # A certificate row still 'signing' this long after its reservation is
+    # revoked as possibly issued; at least the worker timeout, so no live
+    # request is still signing it.
+    signing_bound_seconds: int = 60
+
+
+_MAINTENANCE_BOUNDS = {"interval_seconds": (1, 3600), "signing_bound_seconds": (60, 86_400)}
+
+
+def _maintenance_settings(section: dict[str, Any]) -> MaintenanceSettings:
+    unknown = set(section) - set(_MAINTENANCE_BOUNDS)
+    if unknown:
+        raise ConfigError(f"[maintenance] unknown key(s) {', '.join(sorted(unknown))}")
+    values: dict[str, int] = {}
+    for key, (low, high) in _MAINTENANCE_BOUNDS.items():
+        value = _typed(section, key, int, getattr(MaintenanceSettings(), key), "maintenance")
+        if not low <= value <= high:
+            raise ConfigError(f"[maintenance] {key} must be from {low} to {high}")
+        values[key] = value
+    return MaintenanceSettings(**values)
 
 
 def _cmp_settings(section: dict[str, Any], home: Path) -> CmpSettings:
@@ -416,7 +445,7 @@ def load_settings(home: Path) -> Settings:
     ocsp = _section(data, "ocsp")
     cmp = _section(data, "cmp")
     est = _section(data, "est")
-    known = {"instance", "token", "serve", "crl", "ocsp", "cmp", "ra", "tls", "est"}
+    known = {"instance", "token", "serve", "crl", "ocsp", "cmp", "ra", "tls", "est", "maintenance"}
     port = _typed(serve, "port", int, DEFAULT_PORT, "serve")
     return Settings(
         home=home.resolve(),
@@ -443,6 +472,7 @@ def load_settings(home: Path) -> Settings:
         ra=_ra_settings(_section(data, "ra")),
         tls=_tls_settings(data.get("tls"), port),
         est=_est_settings(est),
+        maintenance=_maintenance_settings(_section(data, "maintenance")),
         extra={k: v for k, v in data.items() if k not in known},
     )
 

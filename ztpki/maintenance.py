@@ -2,7 +2,9 @@
 
 Every worker process of `ztpki serve`, on every node, runs one daemon thread
 that sweeps at start (start-up reconciliation after a crash) and then once
-per interval: rows left 'signing' are revoked as possibly issued, stale or
+per interval: rows left 'signing' are revoked as possibly issued, CMP
+certificates whose certConf never came are revoked (and transactions a dead
+worker left open are closed), stale or
 due CRLs are re-issued (one CRL per CA per sweep, however many revocations
 came before). `ztpki reconcile` runs the same tasks once.
 
@@ -12,8 +14,7 @@ idempotent CRL re-issue (two sweepers at the same instant make two correct
 CRLs, nothing worse). A task that fails is logged and retried next sweep;
 it never stops the others or the thread.
 
-Adding a task: append a MaintenanceTask to `tasks_for` (e.g. the CMP
-transactions' confirm-wait expiry).
+Adding a task: append a MaintenanceTask to `tasks_for`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def tasks_for(instance: Instance, *, signing_bound: timedelta = DEFAULT_SIGNING_
     """The sweep's tasks, in order: revoking first lets the CRL re-issue list the result."""
     return [
         MaintenanceTask("possibly-issued", lambda: len(reconcile_signing(instance.revocations, signing_bound))),
+        # RFC 4210 §5.3.18: certificates whose certConf never came are revoked.
+        MaintenanceTask("cmp-unconfirmed", lambda: instance.cmp_transactions.expire_unconfirmed()),
         MaintenanceTask("crls", lambda: len(reconcile_crls(instance.revocations))),
     ]
 
@@ -96,5 +99,8 @@ def start_maintenance(instance: Instance) -> MaintenanceRunner:
     with _RUNNERS_LOCK:
         runner = _RUNNERS.get(os.getpid())
         if runner is None:
-            runner = _RUNNERS[os.getpid()] = MaintenanceRunner(tasks_for(instance)).start()
+            settings = instance.settings.maintenance
+            tasks = tasks_for(instance, signing_bound=timedelta(seconds=settings.signing_bound_seconds))
+            interval = timedelta(seconds=settings.interval_seconds)
+            runner = _RUNNERS[os.getpid()] = MaintenanceRunner(tasks, interval).start()
         return runner

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, ContextManager
 
 from cryptography import x509
@@ -129,7 +129,6 @@ class CmpServer:
         self.policy = policy
         self.clock = clock
         self.unit_of_work = unit_of_work
-        self._last_expiry: datetime | None = None
 
     # -- the entry point ------------------------------------------------------------
 
@@ -153,7 +152,6 @@ class CmpServer:
             return 400, b"not a CMP message\n", "text/plain; charset=utf-8"
         exchange = _Exchange(message, route, self.identity(route), peer, request_hash=hashlib.sha256(body).digest())
         try:
-            self._expire_now_and_then()
             # One unit of work per message: its store writes (nonce,
             # transaction, the core's records, the audit) commit together
             # before the reply leaves, refusals included.
@@ -187,12 +185,6 @@ class CmpServer:
     @staticmethod
     def _ok(reply: bytes) -> tuple[int, bytes, str]:
         return 200, reply, CONTENT_TYPE
-
-    def _expire_now_and_then(self) -> None:
-        moment = self.clock()
-        if self._last_expiry is None or moment - self._last_expiry > timedelta(minutes=1):
-            self._last_expiry = moment
-            self.transactions.expire_unconfirmed()
 
     # -- checks common to every message (RFC 9483 §3.1–§3.5) -------------------------
 
