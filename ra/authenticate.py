@@ -88,18 +88,21 @@ class Authenticator:
         self.pins = pins
 
     def authenticate(self, request: EnrolmentRequest) -> Authenticated:
-        """The strongest evidence wins; a request with none is refused."""
+        """Every piece of evidence presented must hold, and the strongest
+        names who is asking; a request with none is refused.
+
+        Evidence that fails (revoked, expired, untrusted, a wrong password)
+        fails the request with its own reason: a weaker piece that would pass
+        is never a fallback (an EST client presenting a revoked certificate
+        and a good password is refused). Strongest first, so a failing
+        certificate is refused before a password's or PIN's use is counted."""
         if not request.evidence:
             raise Refusal(RejectReason.NOT_AUTHORIZED, "the request carries no authentication")
-        ordered = sorted(request.evidence, key=_strength)
-        failures = []
-        for evidence in ordered:
-            try:
-                return self._one(evidence, request)
-            except Refusal as refusal:
-                failures.append(refusal)
-        # Report the failure of the strongest evidence offered.
-        raise failures[0]
+        proven = [self._one(evidence, request) for evidence in sorted(request.evidence, key=_strength)]
+        devices = {found.device for found in proven if found.device is not None}
+        if len(devices) > 1:
+            raise Refusal(RejectReason.NOT_AUTHORIZED, "the evidence names different devices: " + ", ".join(sorted(devices)))
+        return proven[0]
 
     def _one(self, evidence: Evidence, request: EnrolmentRequest) -> Authenticated:
         if isinstance(evidence, (VendorCertificate, TlsClientCertificate)):
