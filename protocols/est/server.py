@@ -315,7 +315,9 @@ class EstServer:
             # stand in for it.
             if chain is None:
                 raise EstRefusal(403, "not_authorized", "simplereenroll needs the current certificate as TLS client certificate")
-            return (CurrentCertificate(chain[0], chain[1:]),)
+            # Basic sent beside it is checked too: every presented piece of
+            # evidence must hold (issue 10 finding 7).
+            return (CurrentCertificate(chain[0], chain[1:]),) + ((basic,) if basic is not None else ())
         evidence: list[Evidence] = []
         if chain is not None:
             evidence.append(TlsClientCertificate(chain))

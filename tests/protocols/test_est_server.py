@@ -616,3 +616,14 @@ def test_flask_plain_http_simpleenroll_with_a_good_password_is_403(world: World,
     assert b"HTTPS" in response.data
     assert client.get("/.well-known/est/cacerts", headers={"X-Test-Plain": "1"}).status_code == 403
     assert certificates_of(world, device) == []
+
+
+def test_simplereenroll_with_a_wrong_basic_password_beside_the_current_certificate_is_401(
+    world: World, server: EstServer, device: str, password: str
+) -> None:
+    current, chain = _first_certificate(world, server, device)
+    username = base64.b64decode(password.split()[1]).decode().split(":")[0]
+    body = csr_b64(subject=current.subject)
+    refused(enrol(server, body, operation="simplereenroll", client_chain=chain, authorization=basic(username, "wrong")), 401)
+    assert len(certificates_of(world, device)) == 1
+    issued(enrol(server, body, operation="simplereenroll", client_chain=chain, authorization=password))
