@@ -491,13 +491,13 @@ def in_process(home: Path, mode: str, pool: dict[str, Any], steps: Any = None, c
             for i, serial in enumerate(pool["serials"]):
                 requests.append(EstRequest(operation="simpleenroll", method="POST", body=_csr(serial, keys[i % 8]),
                                            content_transfer_encoding="base64", authorization=f"Basic {token}",
-                                           peer="127.0.0.1", user_agent=USER_AGENT))
+                                           over_tls=True, peer="127.0.0.1", user_agent=USER_AGENT))
         else:
             for i, (serial, cert, _key) in enumerate(pool["devices"]):
                 chain = tuple(x509.load_pem_x509_certificates(Path(cert).read_bytes())[:-1])  # without the anchor
                 requests.append(EstRequest(operation="simpleenroll", method="POST", body=_csr(serial, keys[i % 8]),
                                            content_transfer_encoding="base64", client_chain=chain,
-                                           peer="127.0.0.1", user_agent=USER_AGENT))
+                                           over_tls=True, peer="127.0.0.1", user_agent=USER_AGENT))
         if steps is not None:
             _instrument(instance, steps)
         profiler = None

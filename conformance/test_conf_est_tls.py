@@ -8,7 +8,10 @@ and behind a real nginx, with curl, openssl and strongSwan's `pki`.
   outside the client CA bundle fails the handshake (Python's ssl cannot ask
   for a certificate without verifying it).
 - The client-certificate header is believed only from [est] trusted_proxies
-  (127.0.0.1 here): the same header sent from 127.0.0.2 is ignored.
+  (127.0.0.1 here): the same header sent from 127.0.0.2 is ignored, and EST
+  on the plain port from anyone else is 403 (RFC 7030 §3.3).
+- A revoked EST certificate as TLS client certificate with a good Basic
+  password is refused, over ztpki's TLS and behind nginx (issue 10).
 - nginx (`ssl_verify_client optional_no_ca`) in front of the plain HTTP port:
   its header is believed, an untrusted vendor's certificate reaches ztpki and
   gets 403, a header forged by the client is replaced by nginx.
@@ -313,7 +316,7 @@ def test_a_certificate_header_from_an_untrusted_address_is_ignored(setup: Setup,
     forged = ("-H", f"X-SSL-Client-Cert: {escaped(cert)}")
     body = csr_b64(workdir, "forged")
     ignored = curl(setup, f"{setup.plain_url}/simpleenroll", "--interface", "127.0.0.2", *forged, body=body)
-    assert ignored.status == 401, ignored
+    assert ignored.status == 403 and b"HTTPS" in ignored.body, ignored  # not a proxy: plain HTTP, refused
     assert "not a trusted proxy" in setup.server.log()
     # The same header from 127.0.0.1, [est] trusted_proxies, is believed.
     believed = curl(setup, f"{setup.plain_url}/simpleenroll", *forged, body=body)
@@ -325,6 +328,70 @@ def test_over_own_tls_a_certificate_header_is_never_read(setup: Setup, workdir: 
     reply = curl(setup, f"{setup.tls_url}/simpleenroll", "-H", f"X-SSL-Client-Cert: {escaped(cert)}",
                  body=csr_b64(workdir, "tls-forged"))
     assert reply.status == 401, reply
+
+
+# -- issue 10 finding 7: EST over TLS only; failed evidence is never replaced ----------------------
+
+
+def _audit_since(setup: Setup, seq: int) -> list[dict[str, object]]:
+    records = json.loads(ztpki("audit", "list", "--json", "--after", seq, home=setup.inst.home).stdout)
+    assert isinstance(records, list)
+    return records
+
+
+def _last_seq(setup: Setup) -> int:
+    records = _audit_since(setup, 0)
+    return int(str(records[-1]["seq"])) if records else 0
+
+
+def _certificates_of(setup: Setup, device: str) -> list[dict[str, object]]:
+    out = ztpki("certs", "list", "--device", device, "--json", home=setup.inst.home).stdout
+    found = json.loads(out)
+    assert isinstance(found, list), out
+    return found
+
+
+def test_plain_http_est_from_an_untrusted_peer_is_403_even_with_a_good_password(setup: Setup, workdir: Path) -> None:
+    user, password = _credential(setup.inst.home, "UCPE-PW")
+    before, seq = len(_certificates_of(setup, "UCPE-PW")), _last_seq(setup)
+    body = csr_b64(workdir, "plain")
+    plain = ("--interface", "127.0.0.2")
+    reply = curl(setup, f"{setup.plain_url}/simpleenroll", *plain, "--user", f"{user}:{password}", body=body)
+    assert reply.status == 403 and "text/plain" in reply.headers and b"HTTPS" in reply.body, reply
+    assert curl(setup, f"{setup.plain_url}/cacerts", *plain).status == 403
+    assert curl(setup, f"{setup.plain_url}/csrattrs", *plain).status == 403
+    # A trusted proxy that says it forwarded plain HTTP is refused the same way.
+    said = curl(setup, f"{setup.plain_url}/simpleenroll", "-H", "X-Forwarded-Proto: http",
+                "--user", f"{user}:{password}", body=body)
+    assert said.status == 403, said
+    assert len(_certificates_of(setup, "UCPE-PW")) == before
+    refusals = [r for r in _audit_since(setup, seq) if r.get("reason") == "tls_required"]
+    assert len(refusals) == 4 and {r["protocol"] for r in refusals} == {"est"}, refusals
+    # The same credential over HTTPS still enrols: only the transport was refused.
+    good = curl(setup, f"{setup.tls_url}/simpleenroll", "--user", f"{user}:{password}", body=body)
+    assert "UCPE-PW" in verify(setup, certificates(good, workdir, "plain"))
+
+
+def test_a_revoked_est_certificate_with_a_good_password_is_refused_over_tls_and_behind_nginx(
+    setup: Setup, workdir: Path
+) -> None:
+    user, password = _credential(setup.inst.home, "UCPE-PW")
+    first = curl(setup, f"{setup.tls_url}/simpleenroll", "--user", f"{user}:{password}", body=csr_b64(workdir, "rv"))
+    issued = certificates(first, workdir, "rv")
+    serial = run(["openssl", "x509", "-in", issued, "-noout", "-serial"]).stdout.strip().split("=", 1)[1]
+    ztpki("revoke", serial, "--reason", "keyCompromise", home=setup.inst.home)
+    before, seq = len(_certificates_of(setup, "UCPE-PW")), _last_seq(setup)
+    both = ("--cert", issued, "--key", workdir / "rv.key", "--user", f"{user}:{password}")
+    for name, url in (("rv-tls", setup.tls_url), ("rv-ngx", setup.nginx_url)):
+        reply = curl(setup, f"{url}/simpleenroll", *both, body=csr_b64(workdir, name))
+        assert reply.status == 403 and b"certificate_revoked" in reply.body, (name, reply, setup.nginx.log())
+        assert b"pkcs7" not in reply.headers.encode().lower()
+    assert len(_certificates_of(setup, "UCPE-PW")) == before
+    refusals = [r for r in _audit_since(setup, seq) if r.get("reason") == "certificate_revoked"]
+    assert len(refusals) == 2, refusals
+    # The password alone still works: it was the failed certificate that refused.
+    alone = curl(setup, f"{setup.tls_url}/simpleenroll", "--user", f"{user}:{password}", body=csr_b64(workdir, "rv-pw"))
+    assert "UCPE-PW" in verify(setup, certificates(alone, workdir, "rv-pw"))
 
 
 # -- behind nginx ---------------------------------------------------------------------------------

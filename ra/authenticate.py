@@ -7,7 +7,7 @@ device may obtain; it only establishes identity, or refuses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Protocol as TypingProtocol
 from typing import Sequence
@@ -55,9 +55,9 @@ class Authenticated:
     # Who proved possession, in full (a certificate's whole SHA-256, a
     # credential's reference): what retries and transactions are scoped by.
     principal: str = ""
-    # A credential whose use is spent only once the request is not a retry
+    # Credentials whose use is spent only once the request is not a retry
     # (Authenticator.spend): a resend must not use up a one-time credential.
-    spends: str | None = None
+    spends: tuple[str, ...] = ()
 
     @property
     def scope(self) -> str:
@@ -103,28 +103,32 @@ class Authenticator:
         self.pins = pins
 
     def authenticate(self, request: EnrolmentRequest) -> Authenticated:
-        """The strongest evidence wins; a request with none is refused.
+        """Every piece of evidence presented must hold, and the strongest
+        names who is asking; a request with none is refused.
 
-        A credential with uses is checked but not spent here: the core
-        spends it (spend) once it knows the request is not a retry."""
+        Evidence that fails (revoked, expired, untrusted, a wrong password)
+        fails the request with its own reason: a weaker piece that would pass
+        is never a fallback (an EST client presenting a revoked certificate
+        and a good password is refused). Strongest first, so a failing
+        certificate is refused before a password is checked or a PIN redeemed.
+
+        A credential with uses is checked but not spent here: the core spends
+        each (spend) once it knows the request is not a retry."""
         if not request.evidence:
             raise Refusal(RejectReason.NOT_AUTHORIZED, "the request carries no authentication")
-        ordered = sorted(request.evidence, key=_strength)
-        failures = []
-        for evidence in ordered:
-            try:
-                return self._one(evidence, request)
-            except Refusal as refusal:
-                failures.append(refusal)
-        # Report the failure of the strongest evidence offered.
-        raise failures[0]
+        proven = [self._one(evidence, request) for evidence in sorted(request.evidence, key=_strength)]
+        devices = {found.device for found in proven if found.device is not None}
+        if len(devices) > 1:
+            raise Refusal(RejectReason.NOT_AUTHORIZED, "the evidence names different devices: " + ", ".join(sorted(devices)))
+        # Every credential presented is spent, not only the strongest: a
+        # one-time password sent beside a certificate is used up too.
+        return replace(proven[0], spends=tuple(ref for found in proven for ref in found.spends))
 
     def spend(self, auth: Authenticated) -> None:
-        """Use the credential once, now that the request is new (not a retry)."""
-        if auth.spends is None:
-            return
-        if not self.credentials.consume(auth.spends):  # type: ignore[attr-defined]
-            raise Refusal(RejectReason.BAD_CREDENTIAL, f"credential {auth.spends} is used up or expired")
+        """Use each presented credential once, now that the request is new (not a retry)."""
+        for reference in auth.spends:
+            if not self.credentials.consume(reference):  # type: ignore[attr-defined]
+                raise Refusal(RejectReason.BAD_CREDENTIAL, f"credential {reference} is used up or expired")
 
     def _one(self, evidence: Evidence, request: EnrolmentRequest) -> Authenticated:
         if isinstance(evidence, (VendorCertificate, TlsClientCertificate)):
@@ -211,7 +215,7 @@ class Authenticator:
             profile=credential.profile,
             detail=reference,
             principal=reference,
-            spends=reference,
+            spends=(reference,),
         )
 
     def _password(self, evidence: HttpBasic) -> Authenticated:
@@ -230,7 +234,7 @@ class Authenticator:
             profile=info.profile,
             detail=evidence.username,
             principal=evidence.username,
-            spends=evidence.username,
+            spends=(evidence.username,),
         )
 
     def _pin(self, evidence: OneTimePin, request: EnrolmentRequest) -> Authenticated:

@@ -134,9 +134,10 @@ def create_app(instance: Instance, est_transport: est_http.Transport = est_http.
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.register_blueprint(make_blueprint(publication_for(instance), MALFORMED))
     app.register_blueprint(cmp_http.make_blueprint(cmp_server_for(instance)))
-    # est_transport: the TLS client chain and tls-unique of a request
-    # (protocols/est/http.py). The default has neither; the TLS work passes
-    # one reading gunicorn's TLS socket or a trusted proxy's headers.
+    # est_transport: whether a request came over TLS, its client chain and
+    # tls-unique (protocols/est/http.py). The default says plain HTTP, so EST
+    # refuses everything; serve passes ztpki/transport.py's, which reads
+    # gunicorn's TLS socket or a trusted proxy's headers.
     app.register_blueprint(est_http.make_blueprint(est_server_for(instance), est_transport))
 
     @app.errorhandler(HTTPException)

@@ -226,7 +226,7 @@ def est_instructions(info: dict[str, Any]) -> str:
     return f"""
 Enrol over EST at {url} (RFC 7030; DESIGN F5) with curl and openssl, or strongSwan's pki.
 HTTPS on 127.0.0.1 only (the certificate names IP 127.0.0.1), trusted through the root {ca}.
-Plain HTTP ({info['base_url']}) serves EST too, for a TLS-terminating proxy in front.
+Plain HTTP ({info['base_url']}) serves EST only to a TLS-terminating proxy listed in [est] trusted_proxies.
 
 CA certificates, and the attributes the CSR should have:
   {curl} {url}/cacerts | {p7}

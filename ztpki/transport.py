@@ -1,9 +1,9 @@
 """Transport facts for EST (DESIGN.md: read by the HTTP binding, handed to
-the protocol as plain values): the TLS client certificate chain and the
-tls-unique channel binding of a request.
+the protocol as plain values): whether the request came over TLS, the TLS
+client certificate chain and the tls-unique channel binding.
 
     transport = make_transport(settings.est)
-    client_chain, tls_unique = transport(flask.request)
+    facts = transport(flask.request)  # protocols.est.http.TransportFacts
 
 Two sources, never mixed:
 
@@ -17,8 +17,17 @@ Two sources, never mixed:
   [est] trusted_proxies. Anyone else's header is ignored (logged once per
   address). tls-unique is None: the proxy's TLS session is not ours.
 
+over_tls (RFC 7030 §3.3: EST only over TLS) is true on ztpki's own TLS and
+for requests from [est] trusted_proxies: listing a proxy states that it
+terminates TLS, unless it says otherwise in X-Forwarded-Proto (nginx:
+`proxy_set_header X-Forwarded-Proto $scheme;` on a proxy that also listens
+in plain HTTP). Anything else on the plain port is not over TLS.
+
 A header from a trusted proxy is parsed defensively: size-bounded, and one
-bad certificate makes the whole chain None (logged), never an exception.
+bad certificate makes the whole chain unusable (logged), never an
+exception. A certificate the client presented but that cannot be read is
+certificate_error, so EST refuses the request instead of falling back to
+HTTP Basic (issue 10 finding 7).
 """
 
 from __future__ import annotations
@@ -36,13 +45,15 @@ from urllib.parse import unquote
 from cryptography import x509
 from flask import Request
 
+from protocols.est.http import TransportFacts
 from ztpki.config import EstSettings
 from ztpki.tls import peer_chain_der, tls_unique
 
 log = logging.getLogger("ztpki.transport")
 
 Chain = tuple[x509.Certificate, ...]
-Transport = Callable[[Request], tuple[Chain | None, bytes | None]]
+Transport = Callable[[Request], TransportFacts]
+FORWARDED_PROTO = "X-Forwarded-Proto"
 
 # A P-384 / RSA-4096 chain of a few certificates escaped by nginx fits in a
 # few kB; gunicorn refuses header fields over 8190 bytes before we see them.
@@ -93,48 +104,54 @@ class _Transport:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, request: Request) -> tuple[Chain | None, bytes | None]:
+    def __call__(self, request: Request) -> TransportFacts:
         sock = request.environ.get("gunicorn.socket")
         # The socket, not wsgi.url_scheme: gunicorn sets the scheme from
         # X-Forwarded-Proto headers of forwarded_allow_ips (127.0.0.1 by default).
         if isinstance(sock, ssl.SSLSocket):
             if request.headers.get(self.cert_header):
                 self._warn_once(request.remote_addr, f"{self.cert_header} on a request over ztpki's own TLS ignored")
-            return self._from_tls(sock), tls_unique(sock)
+            return self._from_tls(sock)
         header = request.headers.get(self.cert_header)
-        if not header:
-            return None, None
         if not self._trusted(request.remote_addr):
-            self._warn_once(
-                request.remote_addr,
-                f"{self.cert_header} from {request.remote_addr}, not a trusted proxy ([est] trusted_proxies): ignored",
-            )
-            return None, None
-        return self._from_header(header, request.headers.get(self.chain_header), request.remote_addr), None
+            if header:
+                self._warn_once(
+                    request.remote_addr,
+                    f"{self.cert_header} from {request.remote_addr}, not a trusted proxy ([est] trusted_proxies): ignored",
+                )
+            return TransportFacts(over_tls=False)
+        proto = request.headers.get(FORWARDED_PROTO)
+        over_tls = proto is None or proto.strip().lower() == "https"
+        if not header:
+            return TransportFacts(over_tls=over_tls)
+        try:
+            chain = self._from_header(header, request.headers.get(self.chain_header), request.remote_addr)
+        except BadCertificateHeader as exc:
+            return TransportFacts(over_tls=over_tls, certificate_error=str(exc))
+        return TransportFacts(over_tls=over_tls, client_chain=chain)
 
-    def _from_tls(self, sock: ssl.SSLSocket) -> Chain | None:
+    def _from_tls(self, sock: ssl.SSLSocket) -> TransportFacts:
         try:
             chain = [x509.load_der_x509_certificate(der) for der in peer_chain_der(sock)]
         except ValueError as exc:  # OpenSSL verified it; cryptography is stricter
             log.warning("TLS client certificate chain unreadable: %s", exc)
-            return None
+            return TransportFacts(over_tls=True, tls_unique=tls_unique(sock), certificate_error=f"unreadable: {exc}")
         if len(chain) > 1 and _is_self_issued_anchor(chain[-1]):
             # The anchor came from our bundle, not from the client; the core
             # finds its own anchors.
             chain.pop()
-        return tuple(chain) or None
+        return TransportFacts(over_tls=True, client_chain=tuple(chain) or None, tls_unique=tls_unique(sock))
 
-    def _from_header(self, header: str, chain_header: str | None, peer: str | None) -> Chain | None:
+    def _from_header(self, header: str, chain_header: str | None, peer: str | None) -> Chain:
         try:
             chain = parse_certificate_header(header)
             if chain_header:
                 chain += parse_certificate_header(chain_header)
+            if len(chain) > MAX_CERTIFICATES:
+                raise BadCertificateHeader(f"more than {MAX_CERTIFICATES} certificates")
         except BadCertificateHeader as exc:
             log.warning("client certificate header from proxy %s unusable: %s", peer, exc)
-            return None
-        if len(chain) > MAX_CERTIFICATES:
-            log.warning("client certificate headers from proxy %s: more than %d certificates", peer, MAX_CERTIFICATES)
-            return None
+            raise
         return tuple(chain)
 
     def _trusted(self, peer: str | None) -> bool:

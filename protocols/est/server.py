@@ -101,10 +101,12 @@ class Route:
 
 @dataclass(frozen=True)
 class EstRequest:
-    """One EST HTTP request as values. client_chain: the TLS client
-    certificate first, as verified by whatever terminated TLS (None: no
-    client certificate); tls_unique: RFC 5929 tls-unique of that session
-    (None under TLS 1.3 or behind a proxy)."""
+    """One EST HTTP request as values. over_tls: it came over TLS, ztpki's
+    own or a trusted proxy's (RFC 7030 §3.3; anything else is refused).
+    client_chain: the TLS client certificate first, as verified by whatever
+    terminated TLS (None: no client certificate); certificate_error: the
+    client presented a certificate that could not be read; tls_unique: RFC
+    5929 tls-unique of that session (None under TLS 1.3 or behind a proxy)."""
 
     operation: str
     label: str | None = None
@@ -115,6 +117,8 @@ class EstRequest:
     authorization: str | None = field(default=None, repr=False)
     client_chain: tuple[x509.Certificate, ...] | None = None
     tls_unique: bytes | None = None
+    over_tls: bool = False
+    certificate_error: str | None = None
     peer: str | None = None
     user_agent: str | None = None
 
@@ -205,6 +209,12 @@ class EstServer:
         method = METHODS.get(request.operation)
         if method is None:
             raise EstRefusal(404, "unknown_operation", f"no EST operation {request.operation[:40]!r}")
+        if not request.over_tls:
+            # RFC 7030 §3.3: EST runs over TLS. Not even cacerts on the plain
+            # port (an attacker on the path could swap the CA certificates, and
+            # Basic passwords would cross in clear); 403 rather than 404 so a
+            # misconfigured client learns why. A trusted proxy's TLS counts.
+            raise EstRefusal(403, "tls_required", "EST is served over HTTPS only (RFC 7030 §3.3)")
         route = self.route(request.label)
         if route is None:
             raise EstRefusal(404, "unknown_label", f"no EST label {(request.label or '')[:64]!r}")
@@ -247,6 +257,11 @@ class EstServer:
         # send form types, and the body is parsed strictly whatever it says.
         if len(request.body) > codec.MAX_BODY_BYTES:
             raise EstRefusal(413, "too_large", f"the body is larger than {codec.MAX_BODY_BYTES} bytes")
+        if request.certificate_error is not None:
+            # A certificate the client presented failed: refused, never
+            # replaced by a Basic password (STYLE.md, issue 10 finding 7).
+            raise EstRefusal(403, "untrusted_certificate",
+                             f"the TLS client certificate cannot be used: {request.certificate_error}")
         basic = basic_credentials(request.authorization)
         chain = tuple(request.client_chain) if request.client_chain else None
         if chain is not None:
@@ -300,7 +315,9 @@ class EstServer:
             # stand in for it.
             if chain is None:
                 raise EstRefusal(403, "not_authorized", "simplereenroll needs the current certificate as TLS client certificate")
-            return (CurrentCertificate(chain[0], chain[1:]),)
+            # Basic sent beside it is checked too: every presented piece of
+            # evidence must hold (issue 10 finding 7).
+            return (CurrentCertificate(chain[0], chain[1:]),) + ((basic,) if basic is not None else ())
         evidence: list[Evidence] = []
         if chain is not None:
             evidence.append(TlsClientCertificate(chain))

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flask import Flask, request
 
+from protocols.est.http import TransportFacts
 from ztpki.config import EstSettings, TlsSettings
 from ztpki.tls import peer_chain_der, server_context
 from ztpki.transport import (
@@ -133,7 +134,7 @@ def _handshake(home: Path, tls: TlsSettings, tmp_path: Path, client_chain: list[
 
 
 def _facts(sock: Any, headers: dict[str, str] | None = None, peer: str = "127.0.0.1",
-           settings: EstSettings | None = None) -> tuple[Any, Any]:
+           settings: EstSettings | None = None) -> TransportFacts:
     app = Flask("test")
     transport = make_transport(settings or EstSettings())
     with app.test_request_context("/", headers=headers or {}, environ_base={"REMOTE_ADDR": peer, "gunicorn.socket": sock}):
@@ -151,7 +152,9 @@ def test_a_verified_client_chain_reaches_the_transport_without_the_anchor(
     chain = [pki["device"][0], pki["device_ca"][0]]
     for sock in _handshake(home, tls, tmp_path, chain, pki["device"][1], version):
         assert [x509.load_der_x509_certificate(d) for d in peer_chain_der(sock)] == [*chain, pki["root"][0]]
-        found, unique = _facts(sock, headers={"X-SSL-Client-Cert": quote(_pem(pki["stranger"][0]))})
+        facts = _facts(sock, headers={"X-SSL-Client-Cert": quote(_pem(pki["stranger"][0]))})
+        found, unique = facts.client_chain, facts.tls_unique
+        assert facts.over_tls and facts.certificate_error is None
         assert found == tuple(chain)  # the header is never read over our own TLS
         if version is ssl.TLSVersion.TLSv1_2:
             assert isinstance(unique, bytes) and len(unique) == 12  # RFC 5929: the first Finished
@@ -164,8 +167,8 @@ def test_a_tls_client_without_certificate_has_no_chain_but_tls_unique(
 ) -> None:
     home, tls = tls_home
     for sock in _handshake(home, tls, tmp_path, None, None, ssl.TLSVersion.TLSv1_2):
-        chain, unique = _facts(sock)
-        assert chain is None and unique is not None
+        facts = _facts(sock)
+        assert facts.over_tls and facts.client_chain is None and facts.tls_unique is not None
 
 
 def test_a_client_certificate_outside_the_bundle_fails_the_handshake(
@@ -194,13 +197,13 @@ def test_a_header_from_a_trusted_proxy_gives_the_chain_and_no_tls_unique(pki: di
     leaf, device_ca = pki["device"][0], pki["device_ca"][0]
     header = quote(_pem(leaf, device_ca), safe="")  # nginx $ssl_client_escaped_cert style
     for peer in ("127.0.0.1", "10.1.200.3", "fd00::5", "::ffff:10.1.0.9"):
-        assert _facts(None, {"X-SSL-Client-Cert": header}, peer, TRUSTED) == ((leaf, device_ca), None), peer
+        assert _facts(None, {"X-SSL-Client-Cert": header}, peer, TRUSTED) == TransportFacts(True, (leaf, device_ca)), peer
 
 
 def test_the_chain_header_adds_intermediates_after_the_client_certificate(pki: dict[str, Pair]) -> None:
     leaf, device_ca = pki["device"][0], pki["device_ca"][0]
     headers = {"X-SSL-Client-Cert": quote(_pem(leaf)), "X-SSL-Client-Chain": quote(_pem(device_ca))}
-    assert _facts(None, headers, "127.0.0.1", TRUSTED) == ((leaf, device_ca), None)
+    assert _facts(None, headers, "127.0.0.1", TRUSTED) == TransportFacts(True, (leaf, device_ca))
 
 
 def test_a_header_from_anyone_else_is_ignored_and_logged_once(pki: dict[str, Pair], caplog: pytest.LogCaptureFixture) -> None:
@@ -210,21 +213,21 @@ def test_a_header_from_anyone_else_is_ignored_and_logged_once(pki: dict[str, Pai
     caplog.set_level(logging.WARNING, "ztpki.transport")
     for peer in ("192.0.2.7", "192.0.2.7", "10.2.0.1", "fd01::1"):
         with app.test_request_context("/", headers={"X-SSL-Client-Cert": header}, environ_base={"REMOTE_ADDR": peer}):
-            assert transport(request) == (None, None)
+            assert transport(request) == TransportFacts(over_tls=False)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3 and all("not a trusted proxy" in w for w in warnings), warnings
     assert sum("192.0.2.7" in w for w in warnings) == 1
 
 
 def test_no_proxy_is_trusted_by_default(pki: dict[str, Pair]) -> None:
-    assert _facts(None, {"X-SSL-Client-Cert": quote(_pem(pki["device"][0]))}, "127.0.0.1") == (None, None)
+    assert _facts(None, {"X-SSL-Client-Cert": quote(_pem(pki["device"][0]))}, "127.0.0.1") == TransportFacts(over_tls=False)
 
 
 def test_a_configured_header_name_is_the_one_read(pki: dict[str, Pair]) -> None:
     settings = EstSettings(trusted_proxies=("127.0.0.1",), client_cert_header="X-Client-Cert")
     leaf = pki["device"][0]
-    assert _facts(None, {"X-SSL-Client-Cert": quote(_pem(leaf))}, settings=settings) == (None, None)
-    assert _facts(None, {"X-Client-Cert": quote(_pem(leaf))}, settings=settings) == ((leaf,), None)
+    assert _facts(None, {"X-SSL-Client-Cert": quote(_pem(leaf))}, settings=settings) == TransportFacts(True)
+    assert _facts(None, {"X-Client-Cert": quote(_pem(leaf))}, settings=settings) == TransportFacts(True, (leaf,))
 
 
 @pytest.mark.parametrize("value", [
@@ -233,15 +236,19 @@ def test_a_configured_header_name_is_the_one_read(pki: dict[str, Pair]) -> None:
     quote("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"),
     "%" * (MAX_HEADER_CHARS + 1),
 ])
-def test_a_bad_header_from_a_trusted_proxy_gives_no_chain(value: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bad_header_from_a_trusted_proxy_gives_no_chain_but_a_certificate_error(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, "ztpki.transport")
-    assert _facts(None, {"X-SSL-Client-Cert": value}, "127.0.0.1", TRUSTED) == (None, None)
+    facts = _facts(None, {"X-SSL-Client-Cert": value}, "127.0.0.1", TRUSTED)
+    assert facts.over_tls and facts.client_chain is None and facts.certificate_error
     assert any("unusable" in r.getMessage() for r in caplog.records)
 
 
 def test_a_bad_chain_header_spoils_the_whole_chain(pki: dict[str, Pair]) -> None:
     headers = {"X-SSL-Client-Cert": quote(_pem(pki["device"][0])), "X-SSL-Client-Chain": "nonsense"}
-    assert _facts(None, headers, "127.0.0.1", TRUSTED) == (None, None)
+    facts = _facts(None, headers, "127.0.0.1", TRUSTED)
+    assert facts.client_chain is None and facts.certificate_error
 
 
 def test_the_header_parser_reads_the_forms_proxies_send(pki: dict[str, Pair]) -> None:
@@ -256,4 +263,29 @@ def test_the_header_parser_reads_the_forms_proxies_send(pki: dict[str, Pair]) ->
 
 
 def test_an_empty_header_is_no_certificate(pki: dict[str, Pair]) -> None:
-    assert _facts(None, {"X-SSL-Client-Cert": ""}, "127.0.0.1", TRUSTED) == (None, None)
+    assert _facts(None, {"X-SSL-Client-Cert": ""}, "127.0.0.1", TRUSTED) == TransportFacts(over_tls=True)
+
+
+# -- over TLS or not (RFC 7030 §3.3; issue 10 finding 7) --------------------------------------------
+
+
+def test_plain_http_from_an_untrusted_peer_is_not_over_tls() -> None:
+    for settings in (EstSettings(), TRUSTED):
+        assert _facts(None, {}, "192.0.2.7", settings) == TransportFacts(over_tls=False)
+    # Not even when it says it is.
+    assert not _facts(None, {"X-Forwarded-Proto": "https"}, "192.0.2.7", TRUSTED).over_tls
+
+
+def test_a_trusted_proxy_is_over_tls_unless_it_says_it_forwarded_plain_http(pki: dict[str, Pair]) -> None:
+    assert _facts(None, {}, "10.1.2.3", TRUSTED) == TransportFacts(over_tls=True)
+    assert _facts(None, {"X-Forwarded-Proto": "https"}, "10.1.2.3", TRUSTED).over_tls
+    plain = _facts(None, {"X-Forwarded-Proto": "http", "X-SSL-Client-Cert": quote(_pem(pki["device"][0]))},
+                   "10.1.2.3", TRUSTED)
+    assert not plain.over_tls
+
+
+def test_more_chain_certificates_than_allowed_is_a_certificate_error(pki: dict[str, Pair]) -> None:
+    leaf, device_ca = pki["device"][0], pki["device_ca"][0]
+    headers = {"X-SSL-Client-Cert": quote(_pem(leaf)), "X-SSL-Client-Chain": quote(_pem(*[device_ca] * MAX_CERTIFICATES))}
+    facts = _facts(None, headers, "127.0.0.1", TRUSTED)
+    assert facts.client_chain is None and "more than" in (facts.certificate_error or "")

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.est import codec
+from protocols.est.http import TransportFacts
 from protocols.est.server import EstReply, EstRequest, EstServer
 from ra.core import CorePolicy
 from ra.requests import Rejected, RejectReason
@@ -63,6 +64,7 @@ def password(world: World, device: str) -> str:
 
 
 def enrol(server: EstServer, body: bytes, *, operation: str = "simpleenroll", **facts: Any) -> EstReply:
+    facts.setdefault("over_tls", True)
     return server.handle(EstRequest(
         operation=operation, method="POST", body=body, content_type="application/pkcs10", peer="192.0.2.7", **facts
     ))
@@ -99,7 +101,7 @@ def csr_b64(key: Any = None, **options: Any) -> bytes:
 
 
 def test_cacerts_is_the_issuing_chain_up_to_the_root_in_64_character_lines(world: World, server: EstServer) -> None:
-    reply = server.handle(EstRequest(operation="cacerts", method="GET", user_agent="curl/7.88.1"))
+    reply = server.handle(EstRequest(operation="cacerts", method="GET", user_agent="curl/7.88.1", over_tls=True))
     assert reply.status == 200
     assert (reply.headers["Content-Type"], reply.headers["Content-Transfer-Encoding"]) == (CERTS_ONLY, "base64")
     chain = world.instance.cas.authority().chain
@@ -112,20 +114,20 @@ def test_cacerts_is_the_issuing_chain_up_to_the_root_in_64_character_lines(world
 
 def test_a_client_without_user_agent_gets_base64_without_line_breaks(world: World, server: EstServer) -> None:
     # strongSwan 5.9.8's pki --est: no User-Agent, and it cannot decode line breaks.
-    reply = server.handle(EstRequest(operation="cacerts", method="GET"))
+    reply = server.handle(EstRequest(operation="cacerts", method="GET", over_tls=True))
     assert reply.status == 200 and b"\n" not in reply.body and b"\r" not in reply.body
     assert set(certs_of(reply.body)) == set(world.instance.cas.authority().chain)
 
 
 def test_a_label_names_an_issuing_ca_or_a_profile_and_an_unknown_label_is_404(world: World, server: EstServer) -> None:
     ca = world.instance.cas.authority().name
-    assert server.handle(EstRequest(operation="cacerts", label=ca)).status == 200
-    assert server.handle(EstRequest(operation="cacerts", label="ucpe")).status == 200
-    refused(server.handle(EstRequest(operation="cacerts", label="no-such-label")), 404)
+    assert server.handle(EstRequest(operation="cacerts", label=ca, over_tls=True)).status == 200
+    assert server.handle(EstRequest(operation="cacerts", label="ucpe", over_tls=True)).status == 200
+    refused(server.handle(EstRequest(operation="cacerts", label="no-such-label", over_tls=True)), 404)
 
 
 def test_csrattrs_asks_for_channel_binding_and_the_profile_key(server: EstServer) -> None:
-    reply = server.handle(EstRequest(operation="csrattrs", method="GET"))
+    reply = server.handle(EstRequest(operation="csrattrs", method="GET", over_tls=True))
     assert reply.status == 200
     assert (reply.headers["Content-Type"], reply.headers["Content-Transfer-Encoding"]) == ("application/csrattrs", "base64")
     items = codec.parse_csrattrs(base64.b64decode(reply.body))
@@ -142,7 +144,7 @@ def test_csrattrs_of_an_rsa_profile_asks_for_the_rsa_key_size(world: World) -> N
 
 def test_csrattrs_is_204_when_the_route_has_none(world: World) -> None:
     bare = EstServer(decide=world.instance.core.decide, ca_certificates=lambda route: ())
-    reply = bare.handle(EstRequest(operation="csrattrs", method="GET"))
+    reply = bare.handle(EstRequest(operation="csrattrs", method="GET", over_tls=True))
     assert (reply.status, reply.body) == (204, b"")
 
 
@@ -271,12 +273,12 @@ def test_an_oversized_body_is_413(server: EstServer, password: str) -> None:
 
 
 def test_an_unknown_operation_is_404_and_a_wrong_method_405(server: EstServer) -> None:
-    refused(server.handle(EstRequest(operation="fullcmc", method="POST")), 404)
-    reply = server.handle(EstRequest(operation="simpleenroll", method="GET"))
+    refused(server.handle(EstRequest(operation="fullcmc", method="POST", over_tls=True)), 404)
+    reply = server.handle(EstRequest(operation="simpleenroll", method="GET", over_tls=True))
     refused(reply, 405)
     assert reply.headers["Allow"] == "POST"
-    refused(server.handle(EstRequest(operation="cacerts", method="POST")), 405)
-    assert server.handle(EstRequest(operation="cacerts", method="HEAD")).status == 200
+    refused(server.handle(EstRequest(operation="cacerts", method="POST", over_tls=True)), 405)
+    assert server.handle(EstRequest(operation="cacerts", method="HEAD", over_tls=True)).status == 200
 
 
 # -- channel binding (RFC 7030 §3.5) ----------------------------------------------------------------
@@ -453,9 +455,12 @@ def test_an_unexpected_failure_is_503_logged_and_audited_never_500(world: World)
 def client(world: World) -> Iterator[Any]:
     chains: dict[str, tuple[x509.Certificate, ...]] = {}
 
-    def transport(request: Any) -> tuple[tuple[x509.Certificate, ...] | None, bytes | None]:
-        # A fake TLS terminator: the test says which chain the handshake verified.
-        return chains.get(request.headers.get("X-Test-Device", ""), None), None
+    def transport(request: Any) -> TransportFacts:
+        # A fake TLS terminator: the test says which chain the handshake
+        # verified, and X-Test-Plain that the request came over plain HTTP.
+        if request.headers.get("X-Test-Plain"):
+            return TransportFacts(over_tls=False)
+        return TransportFacts(over_tls=True, client_chain=chains.get(request.headers.get("X-Test-Device", ""), None))
 
     app = create_app(world.instance, est_transport=transport)
     app.config["TESTING"] = True
@@ -567,3 +572,72 @@ def test_fuzzed_enrolment_bodies_with_credentials_get_a_2xx_or_a_4xx_with_text(
     if response.status_code >= 400:
         assert response.headers["Content-Type"].startswith("text/plain")
         assert response.data.strip()
+
+
+# -- EST only over TLS; failed evidence is never replaced (issue 10 finding 7) ---------------------------------
+
+
+@pytest.mark.parametrize(("operation", "method"), [
+    ("simpleenroll", "POST"), ("simplereenroll", "POST"), ("serverkeygen", "POST"), ("cacerts", "GET"), ("csrattrs", "GET"),
+])
+def test_plain_http_not_from_a_trusted_proxy_is_403_tls_required_and_audited(
+    world: World, server: EstServer, device: str, password: str, operation: str, method: str
+) -> None:
+    body = csr_b64() if method == "POST" else b""
+    reply = server.handle(EstRequest(operation=operation, method=method, body=body, authorization=password,
+                                     client_chain=world.idevid(device), peer="192.0.2.7"))
+    assert "HTTPS" in refused(reply, 403)
+    record = last_audit(world)
+    assert (record.protocol, record.operation, record.reason) == ("est", operation, "tls_required")
+    assert record.details["peer"] == "192.0.2.7"
+    assert certificates_of(world, device) == []
+
+
+def test_a_revoked_certificate_of_ours_with_a_good_password_is_403_revoked_and_nothing_issued(
+    world: World, server: EstServer, device: str, password: str
+) -> None:
+    current, chain = _first_certificate(world, server, device)
+    world.instance.revocations.revoke(current.serial_number, "keyCompromise")
+    reply = enrol(server, csr_b64(), client_chain=chain, authorization=password)
+    assert "certificate_revoked" in refused(reply, 403)
+    assert [r.serial for r in certificates_of(world, device)] == [current.serial_number]
+    record = last_audit(world)
+    assert (record.protocol, record.outcome, record.reason) == ("est", "rejected", "certificate_revoked")
+
+
+def test_an_untrusted_vendor_chain_with_a_good_password_is_403_and_nothing_issued(
+    world: World, server: EstServer, device: str, password: str
+) -> None:
+    reply = enrol(server, csr_b64(), client_chain=world.idevid(device, world.stranger), authorization=password)
+    assert "untrusted_certificate" in refused(reply, 403)
+    assert certificates_of(world, device) == []
+
+
+def test_an_unreadable_client_certificate_with_a_good_password_is_403_and_audited(
+    world: World, server: EstServer, device: str, password: str
+) -> None:
+    reply = enrol(server, csr_b64(), certificate_error="certificate 1: bad DER", authorization=password)
+    assert "cannot be used" in refused(reply, 403)
+    record = last_audit(world)
+    assert (record.protocol, record.reason) == ("est", "untrusted_certificate")
+    assert certificates_of(world, device) == []
+
+
+def test_flask_plain_http_simpleenroll_with_a_good_password_is_403(world: World, client: Any, device: str, password: str) -> None:
+    response = client.post("/.well-known/est/simpleenroll", data=csr_b64(),
+                           headers={"Content-Type": "application/pkcs10", "Authorization": password, "X-Test-Plain": "1"})
+    assert response.status_code == 403 and response.headers["Content-Type"].startswith("text/plain")
+    assert b"HTTPS" in response.data
+    assert client.get("/.well-known/est/cacerts", headers={"X-Test-Plain": "1"}).status_code == 403
+    assert certificates_of(world, device) == []
+
+
+def test_simplereenroll_with_a_wrong_basic_password_beside_the_current_certificate_is_401(
+    world: World, server: EstServer, device: str, password: str
+) -> None:
+    current, chain = _first_certificate(world, server, device)
+    username = base64.b64decode(password.split()[1]).decode().split(":")[0]
+    body = csr_b64(subject=current.subject)
+    refused(enrol(server, body, operation="simplereenroll", client_chain=chain, authorization=basic(username, "wrong")), 401)
+    assert len(certificates_of(world, device)) == 1
+    issued(enrol(server, body, operation="simplereenroll", client_chain=chain, authorization=password))
