@@ -272,6 +272,7 @@ class CmpTransactions:
             tid = bytes.fromhex(record.transaction_id)
             with db.unit_of_work(self.engine):
                 if self._move(tid, record.sender, (AWAITING_CONFIRM,), status=UNCONFIRMED):
+                    db.crash_point("cmp.unconfirmed.moved")
                     self._revoke(record, "cessationOfOperation", "no certConf within the confirmation wait")
                     count += 1
         count += self._abandon_open(limit)
@@ -332,6 +333,7 @@ class CmpTransactions:
             # work rolls the transaction's move back for the next sweep.
             log.info("CMP transaction %s: %s", record.transaction_id, exc)
             return
+        db.crash_point("cmp.revoked")
         self._audit(record, "revoked", reason, why)
         log.info("CMP transaction %s: certificate %x revoked (%s)", record.transaction_id, record.certificate_serial, reason)
 

@@ -178,7 +178,7 @@ def test_crash_at_each_point_is_repaired_by_one_sweep(home: Path, setup: tuple[s
             assert any(r.operation == "stale-crl-reissued" for r in repairs)
         # A second sweep finds nothing to repair and writes no audit record.
         count = instance.audit.count()
-        assert run_once(tasks_for(instance, signing_bound=timedelta(0))) == {"possibly-issued": 0, "crls": 0}
+        assert run_once(tasks_for(instance, signing_bound=timedelta(0))) == {"possibly-issued": 0, "cmp-unconfirmed": 0, "crls": 0}
         assert instance.audit.count() == count
     finally:
         instance.close()
