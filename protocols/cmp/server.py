@@ -69,6 +69,7 @@ CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
 
 # RFC 9483 §3.1 asks for 128-bit values; the store keeps up to 64 octets.
 MAX_ID_SIZE = 64
+MAX_LABEL_ECHO = 64  # characters of an unknown path label a 404 repeats
 
 _REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
 _OPERATION = {"ir": Operation.INITIAL, "cr": Operation.INITIAL, "p10cr": Operation.INITIAL, "kur": Operation.REKEY}
@@ -134,8 +135,10 @@ class CmpServer:
         """Answer one CMP request (RFC 6712 §3.3: every CMP answer in a 200)."""
         route = self.route(path_label)
         if route is None:
-            log.warning("CMP request on an unknown path label %r from %s", path_label, peer)
-            return 404, b"no CMP endpoint %r\n" % (path_label or "").encode("utf-8", "replace"), "text/plain; charset=utf-8"
+            # The label is the client's: echo a bounded part, as EST does.
+            shown = (path_label or "")[:MAX_LABEL_ECHO]
+            log.warning("CMP request on an unknown path label %r from %s", shown, peer)
+            return 404, b"no CMP endpoint %r\n" % shown.encode("utf-8", "replace"), "text/plain; charset=utf-8"
         try:
             message = codec.decode_message(body)
         except codec.CmpDecodeError as exc:
@@ -147,6 +150,9 @@ class CmpServer:
             return self._decode_error(exc, route)
         except Exception:
             log.exception("CMP: decoding failed unexpectedly")
+            self._record(RefusalRecord(
+                "undecodable", fail_info_name(FailInfo.SYSTEM_FAILURE), "decoding failed unexpectedly", peer, None, None,
+            ))
             return 400, b"not a CMP message\n", "text/plain; charset=utf-8"
         exchange = _Exchange(message, route, self.identity(route), peer)
         try:
@@ -167,6 +173,11 @@ class CmpServer:
                     return self._ok(self._error(exchange, refusal.fail_info, refusal.text))
         except Exception:
             log.exception("CMP %s from %s: unexpected failure", message.body_type, peer)
+            # The unit of work is rolled back; the record is written on its own.
+            self._record(RefusalRecord(
+                message.body_type, fail_info_name(FailInfo.SYSTEM_FAILURE), "internal error", peer,
+                exchange.transaction_id.hex() or None, exchange.sender or None,
+            ))
             return self._ok(self._error(exchange, FailInfo.SYSTEM_FAILURE, "internal error"))
 
     def _record(self, record: RefusalRecord) -> None:
@@ -230,7 +241,7 @@ class CmpServer:
         except ProtectionError as exc:
             raise CmpRefusal(exc.fail_info, exc.reason) from None
         except codec.CmpDecodeError as exc:
-            raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, exc.reason) from None
+            raise CmpRefusal(exc.fail_info, exc.reason) from None
         signer_der = signer.public_bytes(serialization.Encoding.DER)
         exchange.sender = "cert:" + hashlib.sha256(signer_der).hexdigest()
         chain = message.extra_certs
