@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from protocols.cmp import bodies, codec, messages, readers
 from protocols.cmp.bodies import CertResponse, FailInfo, PkiStatus, PollResponse, StatusInfo
 from protocols.cmp.certchecks import cert_hash, check_old_cert_id
-from protocols.cmp.context import CmpPolicy, Route, ServerIdentity, Transactions
+from protocols.cmp.context import CmpPolicy, MacGuard, Route, ServerIdentity, Transactions
 from protocols.cmp.general import ID_IT_CA_CERTS, general_answers
 from protocols.cmp.header import NULL_DN_GENERAL_NAME, PkiHeader, reply_header, reply_header_for
 from protocols.cmp.protection import (
@@ -108,6 +108,7 @@ class CmpServer:
         route: Callable[[str | None], Route | None] = lambda label: Route(),
         current_crl: Callable[[Route], bytes | None] = lambda route: None,
         audit: Callable[[RefusalRecord], None] | None = None,
+        mac_guard: MacGuard | None = None,
         policy: CmpPolicy = CmpPolicy(),
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         unit_of_work: Callable[[], ContextManager[None]] = contextlib.nullcontext,
@@ -124,6 +125,7 @@ class CmpServer:
         self.route = route
         self.current_crl = current_crl
         self.audit = audit
+        self.mac_guard = mac_guard
         self.policy = policy
         self.clock = clock
         self.unit_of_work = unit_of_work
@@ -227,15 +229,7 @@ class CmpServer:
             raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "message is not protected (RFC 9483 §3.2)")
         try:
             if is_mac_protected(message):
-                reference = (header.sender_kid or b"").decode("utf-8", "replace")
-                within = message.body_type in ("certConf", "pollReq")
-                secret = self.mac_secret(reference, within) if reference else None
-                if secret is None:
-                    raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
-                exchange.mac = verify_mac_protection(message, secret, self.policy.max_mac_iterations)
-                exchange.secret = secret
-                exchange.sender = "kid:" + (header.sender_kid or b"").hex()[:72]
-                exchange.evidence = (SharedSecretReference(reference),)
+                self._verify_mac(exchange)
                 return
             signer = verify_signature_protection(message)
         except ProtectionError as exc:
@@ -261,6 +255,36 @@ class CmpServer:
             # TS 33.310 §9.5.3: the vendor IDevID and its chain (the core also
             # recognises a certificate of ours, for cr with an operator certificate).
             exchange.evidence = (VendorCertificate(tuple(chain)),)
+
+    def _verify_mac(self, exchange: _Exchange) -> None:
+        header = exchange.message.header
+        reference = (header.sender_kid or b"").decode("utf-8", "replace")
+        guard, peer = self.mac_guard, exchange.peer
+        if guard is not None:
+            # Issue 10, finding 6b: each wrong guess costs the server a key
+            # derivation, so after too many failures for this senderKID or
+            # from this address the MAC is not even computed.
+            wait = guard.refused(reference, peer)
+            if wait is not None:
+                raise CmpRefusal(
+                    FailInfo.BAD_MESSAGE_CHECK,
+                    "too many failed MACs for this senderKID or from this address; retry in %d s" % wait,
+                )
+        within = exchange.message.body_type in ("certConf", "pollReq")
+        secret = self.mac_secret(reference, within) if reference else None
+        if secret is None:
+            if guard is not None:
+                guard.failed(None, peer)
+            raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
+        try:
+            exchange.mac = verify_mac_protection(exchange.message, secret, self.policy.max_mac_iterations)
+        except ProtectionError as exc:
+            if guard is not None and exc.fail_info == FailInfo.BAD_MESSAGE_CHECK:
+                guard.failed(reference, peer)
+            raise
+        exchange.secret = secret
+        exchange.sender = "kid:" + (header.sender_kid or b"").hex()[:72]
+        exchange.evidence = (SharedSecretReference(reference),)
 
     # -- dispatch ------------------------------------------------------------------
 
