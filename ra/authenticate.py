@@ -81,11 +81,17 @@ def _full_fingerprint(certificate: x509.Certificate) -> str:
 
 def issued_by_us(cas: CertificateAuthorities, certificate: x509.Certificate) -> str | None:
     """The name of our CA that issued this certificate, if any."""
+    try:
+        issuer = certificate.issuer
+    except ValueError:
+        # cryptography reads the issuer lazily: a client's certificate whose
+        # issuer does not parse is none of ours (the vendor path refuses it).
+        return None
     for record in cas.store.list_authorities():
         if record.kind != "issuing":
             continue
         authority = cas.authority(record.name)
-        if certificate.issuer != authority.certificate.subject:
+        if issuer != authority.certificate.subject:
             continue
         try:
             certificate.verify_directly_issued_by(authority.certificate)

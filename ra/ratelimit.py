@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Engine, Executable, delete, update
+from sqlalchemy import Engine, Executable, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ca import db
@@ -121,6 +121,29 @@ class RateLimiter:
             db.commit_point(self.engine)
         if self.cleanup_every > 0 and random.randrange(self.cleanup_every) == 0:
             self.delete_old(moment)
+        return retry_after
+
+    def over(self, keys: Sequence[RateKey]) -> int | None:
+        """Seconds until every key that has reached its limit in the current
+        window has room again; None when none has. Counts nothing: for
+        limits on failures, checked before the work a failure would cost
+        and hit() only when it fails (CMP MAC failures, server.py)."""
+        _check_keys(keys)
+        if not keys:
+            return None
+        moment = self.clock()
+        retry_after: int | None = None
+        with db.connect(self.engine) as conn:
+            for key, limit, window in keys:
+                start = _window_start(moment, window)
+                count = conn.execute(
+                    select(rate_counters.c.count).where(
+                        rate_counters.c.key == _stored_key(key), rate_counters.c.window_start == start
+                    )
+                ).scalar_one_or_none()
+                if count is not None and count >= limit:
+                    wait = max(1, math.ceil(start + window - moment))
+                    retry_after = wait if retry_after is None else max(retry_after, wait)
         return retry_after
 
     def delete_old(self, moment: float | None = None) -> int:

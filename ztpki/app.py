@@ -22,8 +22,10 @@ from protocols.cmp import http as cmp_http
 from protocols.est import http as est_http
 from protocols.cmp.server import CmpServer, RefusalRecord, Route, ServerIdentity
 from protocols.pki_http import PkiPublication, make_blueprint
+from ra.ratelimit import RateLimiter
 from vendor_trust.credentials import BadCredential
 from ztpki.assembly import Instance
+from ztpki.config import CmpSettings
 from ztpki.est_wiring import est_server_for
 
 log = logging.getLogger("ztpki.app")
@@ -106,9 +108,37 @@ def cmp_server_for(instance: Instance) -> CmpServer:
         route=route_of,
         current_crl=current_crl,
         audit=lambda record: _audit_refusal(instance, record),
+        mac_guard=MacFailures(instance.limiter, instance.settings.cmp),
         unit_of_work=lambda: db.unit_of_work(instance.engine),
         policy=instance.cmp_policy,
     )
+
+
+class MacFailures:
+    """CMP MAC failures counted in the store (ra/ratelimit.py), per
+    senderKID and per source address, so the limit holds across workers."""
+
+    def __init__(self, limiter: RateLimiter, settings: CmpSettings) -> None:
+        self.limiter = limiter
+        self.per_kid = settings.mac_failures_per_kid
+        self.per_address = settings.mac_failures_per_address
+        self.window = settings.mac_failure_window_seconds
+
+    def _keys(self, reference: str | None, peer: str | None) -> list[tuple[str, int, int]]:
+        keys = []
+        if reference:
+            keys.append(("cmp-mac-failures:kid:" + reference, self.per_kid, self.window))
+        if peer:
+            keys.append(("cmp-mac-failures:addr:" + peer, self.per_address, self.window))
+        return keys
+
+    def refused(self, reference: str, peer: str | None) -> int | None:
+        return self.limiter.over(self._keys(reference, peer))
+
+    def failed(self, reference: str | None, peer: str | None) -> None:
+        # Durable now: the refusal's unit of work commits too, but a
+        # failure must count even if something after it rolls back.
+        self.limiter.hit(self._keys(reference, peer), commit=True)
 
 
 def _audit_refusal(instance: Instance, record: RefusalRecord) -> None:

@@ -48,7 +48,10 @@ class TokenSettings:
 CMP_BOUNDS = {
     "confirm_wait_seconds": (10, 86_400),
     "message_time_tolerance_seconds": (10, 86_400),
-    "max_mac_iterations": (100, 1_000_000),
+    "max_mac_iterations": (100, 100_000),
+    "mac_failures_per_kid": (1, 1_000),
+    "mac_failures_per_address": (1, 100_000),
+    "mac_failure_window_seconds": (1, 3_600),  # ra.ratelimit.MAX_WINDOW_SECONDS
 }
 
 
@@ -63,13 +66,21 @@ class CmpSettings:
     message_time_tolerance_seconds: int = 600
     # RFC 4210 §5.1.1.1: grant implicitConfirm when asked (and the profile allows it).
     allow_implicit_confirm: bool = True
-    # RFC 9483 §4.3: answer genm without protection (CA certificates are public).
-    allow_unprotected_genm: bool = True
-    # The highest PBM / PBMAC1 iterationCount accepted (work an attacker can force).
-    max_mac_iterations: int = 100_000
+    # RFC 9483 §3.2 protects every message; true answers a genm without
+    # protection (caCerts, CRLs: public, but an unauthenticated client then
+    # costs the server a signed reply each).
+    allow_unprotected_genm: bool = False
+    # The highest PBM / PBMAC1 iterationCount accepted (work an attacker can
+    # force per guess): 10,000 is what LightweightCmpRa sends, openssl 500.
+    max_mac_iterations: int = 10_000
     # PEM file (relative to HOME allowed) of RA certificates whose signed
     # requests may carry raVerified POP (RFC 9483 §5.2, RFC 4211 §4).
     trusted_ra_certificates: str | None = None
+    # Failed MACs allowed per senderKID and per source address in a window;
+    # beyond them the request is refused before any key derivation.
+    mac_failures_per_kid: int = 10
+    mac_failures_per_address: int = 100
+    mac_failure_window_seconds: int = 300
 
     def trusted_ra_path(self, home: Path) -> Path | None:
         if self.trusted_ra_certificates is None:

@@ -17,10 +17,12 @@ from functools import cached_property
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 
 from protocols.cmp import asn1, der
+from protocols.cmp.bodies import FailInfo
 from protocols.cmp.header import PkiHeader, encode_header, header_from_der
 
 # RFC 9483 §6.1 sets no size; 256 KiB holds a reply with a long chain in
@@ -54,9 +56,11 @@ class CmpDecodeError(Exception):
         transaction_id: bytes | None = None,
         sender_nonce: bytes | None = None,
         sender_kid: bytes | None = None,
+        fail_info: FailInfo = FailInfo.BAD_DATA_FORMAT,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.fail_info = fail_info
         self.transaction_id = transaction_id
         self.sender_nonce = sender_nonce
         self.sender_kid = sender_kid
@@ -82,18 +86,66 @@ class PkiMessage:
 
     @cached_property
     def extra_certs(self) -> tuple[x509.Certificate, ...]:
-        """extraCerts loaded with cryptography (RFC 4210 §5.1 extraCerts)."""
+        """extraCerts loaded and fully read (RFC 4210 §5.1 extraCerts; load_certificate)."""
         try:
-            return tuple(x509.load_der_x509_certificate(cert) for cert in self.extra_certs_der)
-        # cryptography raises InvalidVersion (not a ValueError) for a bad
-        # version field.
-        except (ValueError, x509.InvalidVersion) as exc:
+            return tuple(load_certificate(cert) for cert in self.extra_certs_der)
+        except CertificateUnreadable as exc:
             raise CmpDecodeError(
-                "extraCerts holds a certificate that does not parse: %s" % _short(exc),
+                "extraCerts holds a certificate that does not parse: %s" % exc.reason,
                 self.header.transaction_id,
                 self.header.sender_nonce,
                 self.header.sender_kid,
+                exc.fail_info,
             ) from None
+
+
+class CertificateUnreadable(ValueError):
+    """A client's certificate with a field that cannot be read."""
+
+    def __init__(self, reason: str, fail_info: FailInfo = FailInfo.BAD_DATA_FORMAT) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fail_info = fail_info
+
+
+# What cryptography raises for a certificate it loaded but cannot read a
+# field of: it parses names, extensions and the key lazily, on first access.
+_UNREADABLE = (
+    ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
+)
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """Load a certificate a client sent and read every field the server, the
+    core and chain validation look at (names, validity, extensions, key).
+
+    cryptography defers parsing these until first access, so a certificate
+    with, say, an issuer attribute of an unexpected tag loads and then raises
+    ValueError wherever `.issuer` is first read (in the core, in chain
+    validation). Reading them once here makes anything in the client's bytes
+    a typed refusal: badDataFormat for bytes that do not parse, badAlg for a
+    key of an unsupported algorithm (RFC 9483 §3.6.4).
+    """
+    try:
+        certificate = x509.load_der_x509_certificate(data)
+        _ = (
+            certificate.issuer.rfc4514_string(),
+            certificate.subject.rfc4514_string(),
+            certificate.serial_number,
+            certificate.not_valid_before_utc,
+            certificate.not_valid_after_utc,
+            certificate.signature_algorithm_oid,
+            [extension.value for extension in certificate.extensions],
+        )
+    except _UNREADABLE as exc:
+        raise CertificateUnreadable(_short(exc)) from None
+    try:
+        certificate.public_key()
+    except UnsupportedAlgorithm as exc:
+        raise CertificateUnreadable("unsupported public key: %s" % _short(exc), FailInfo.BAD_ALG) from None
+    except _UNREADABLE as exc:
+        raise CertificateUnreadable("public key does not parse: %s" % _short(exc)) from None
+    return certificate
 
 
 def scan_header_ids(data: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:

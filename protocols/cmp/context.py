@@ -33,6 +33,20 @@ class Transactions(Protocol):
     def retained_reply(self, transaction_id: bytes, sender: str, request_hash: bytes) -> bytes | None: ...
 
 
+class MacGuard(Protocol):
+    """Counts failed shared-secret MACs by senderKID and by source address
+    (the store-backed limiter, wired by the composition root), so that a
+    guesser is refused before the key derivation a wrong guess costs."""
+
+    def refused(self, reference: str, peer: str | None) -> int | None:
+        """Seconds to wait when the reference or the address has failed too often; None otherwise."""
+        ...
+
+    def failed(self, reference: str | None, peer: str | None) -> None:
+        """Count one failure (reference None: no secret behind the senderKID)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ServerIdentity:
     """The key that signs replies and its certificates (RFC 9483 §3.2, §3.3)."""
@@ -60,7 +74,9 @@ class CmpPolicy:
     # RFC 4210 §5.1.1.1; granted only when the issuing profile allows it too
     # (the core's Issued.implicit_confirm).
     allow_implicit_confirm: bool = True
-    allow_unprotected_genm: bool = True  # caCerts are public (RFC 9483 §4.3.1)
+    # RFC 9483 §3.2 asks for protection on every message; an unprotected genm
+    # is answered only where the operator opts in ([cmp]).
+    allow_unprotected_genm: bool = False
     max_mac_iterations: int = macs.MAX_ITERATIONS  # PBM / PBMAC1 iterationCount cap
     # RFC 9483 §5.2, RFC 4211 §4: RAs whose signature-protected requests may
     # carry raVerified POP; matched by certificate or by public key, no chain.

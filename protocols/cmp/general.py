@@ -20,6 +20,12 @@ ID_IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"  # RFC 9483 §4.3.3
 ID_IT_CRL_STATUS_LIST = "1.3.6.1.5.5.7.4.22"  # RFC 9480 §2.16, RFC 9483 §4.3.4
 ID_IT_CRLS = "1.3.6.1.5.5.7.4.23"
 
+# RFC 9483 §4.3 profiles one infoType per genm; RFC 4210 §5.3.19 allows a
+# SEQUENCE OF. This server answers four, so eight leaves room for a client
+# that asks for all of them and a few it merely hopes for, while a genm of
+# thousands of caCerts entries (issue 10, finding 6a: 89x amplification)
+# is refused before any work.
+MAX_INFO_TYPES = 8
 
 
 def general_answers(
@@ -27,9 +33,21 @@ def general_answers(
     ca_certificates: Callable[[], tuple[bytes, ...]],
     current_crl: Callable[[], bytes | None],
 ) -> list[InfoTypeAndValue]:
-    """The genp entries for the infoTypes this server answers (RFC 9483 §4.3.1–§4.3.4)."""
+    """The genp entries for the infoTypes this server answers (RFC 9483 §4.3.1–§4.3.4).
+
+    Each infoType is answered once, for its first entry, so the reply is at
+    most one copy of each answer whatever the request repeats.
+    """
+    if len(infos) > MAX_INFO_TYPES:
+        raise CmpRefusal(
+            FailInfo.BAD_REQUEST, "genm with %d infoTypes; at most %d (RFC 9483 §4.3)" % (len(infos), MAX_INFO_TYPES)
+        )
     answers = []
+    seen: set[str] = set()
     for info in infos:
+        if info.info_type in seen:
+            continue
+        seen.add(info.info_type)
         if info.info_type == ID_IT_CA_CERTS:
             certs = ca_certificates()
             answers.append(InfoTypeAndValue(ID_IT_CA_CERTS, der.wrap(der.TAG_SEQUENCE, b"".join(certs))))

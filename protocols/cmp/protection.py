@@ -182,7 +182,7 @@ def verify_signature_protection(message: codec.PkiMessage, signer: x509.Certific
         try:
             certs = message.extra_certs
         except codec.CmpDecodeError as exc:
-            raise ProtectionError(str(exc), FailInfo.BAD_DATA_FORMAT) from None
+            raise ProtectionError(exc.reason, exc.fail_info) from None
         if not certs:
             raise ProtectionError("signature protection without a certificate in extraCerts")
         signer = certs[0]

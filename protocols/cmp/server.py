@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from protocols.cmp import bodies, codec, messages, readers
 from protocols.cmp.bodies import CertResponse, FailInfo, PkiStatus, PollResponse, StatusInfo
 from protocols.cmp.certchecks import cert_hash, check_old_cert_id
-from protocols.cmp.context import CmpPolicy, Route, ServerIdentity, Transactions
+from protocols.cmp.context import CmpPolicy, MacGuard, Route, ServerIdentity, Transactions
 from protocols.cmp.general import ID_IT_CA_CERTS, general_answers
 from protocols.cmp.header import NULL_DN_GENERAL_NAME, PkiHeader, reply_header, reply_header_for
 from protocols.cmp.protection import (
@@ -69,6 +69,7 @@ CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
 
 # RFC 9483 §3.1 asks for 128-bit values; the store keeps up to 64 octets.
 MAX_ID_SIZE = 64
+MAX_LABEL_ECHO = 64  # characters of an unknown path label a 404 repeats
 
 _REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
 # Messages that belong to a transaction whose reply the store keeps.
@@ -110,6 +111,7 @@ class CmpServer:
         route: Callable[[str | None], Route | None] = lambda label: Route(),
         current_crl: Callable[[Route], bytes | None] = lambda route: None,
         audit: Callable[[RefusalRecord], None] | None = None,
+        mac_guard: MacGuard | None = None,
         policy: CmpPolicy = CmpPolicy(),
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         unit_of_work: Callable[[], ContextManager[None]] = contextlib.nullcontext,
@@ -126,6 +128,7 @@ class CmpServer:
         self.route = route
         self.current_crl = current_crl
         self.audit = audit
+        self.mac_guard = mac_guard
         self.policy = policy
         self.clock = clock
         self.unit_of_work = unit_of_work
@@ -136,8 +139,10 @@ class CmpServer:
         """Answer one CMP request (RFC 6712 §3.3: every CMP answer in a 200)."""
         route = self.route(path_label)
         if route is None:
-            log.warning("CMP request on an unknown path label %r from %s", path_label, peer)
-            return 404, b"no CMP endpoint %r\n" % (path_label or "").encode("utf-8", "replace"), "text/plain; charset=utf-8"
+            # The label is the client's: echo a bounded part, as EST does.
+            shown = (path_label or "")[:MAX_LABEL_ECHO]
+            log.warning("CMP request on an unknown path label %r from %s", shown, peer)
+            return 404, b"no CMP endpoint %r\n" % shown.encode("utf-8", "replace"), "text/plain; charset=utf-8"
         try:
             message = codec.decode_message(body)
         except codec.CmpDecodeError as exc:
@@ -149,6 +154,9 @@ class CmpServer:
             return self._decode_error(exc, route)
         except Exception:
             log.exception("CMP: decoding failed unexpectedly")
+            self._record(RefusalRecord(
+                "undecodable", fail_info_name(FailInfo.SYSTEM_FAILURE), "decoding failed unexpectedly", peer, None, None,
+            ))
             return 400, b"not a CMP message\n", "text/plain; charset=utf-8"
         exchange = _Exchange(message, route, self.identity(route), peer, request_hash=hashlib.sha256(body).digest())
         try:
@@ -171,6 +179,11 @@ class CmpServer:
                     return self._ok(self._error(exchange, refusal.fail_info, refusal.text))
         except Exception:
             log.exception("CMP %s from %s: unexpected failure", message.body_type, peer)
+            # The unit of work is rolled back; the record is written on its own.
+            self._record(RefusalRecord(
+                message.body_type, fail_info_name(FailInfo.SYSTEM_FAILURE), "internal error", peer,
+                exchange.transaction_id.hex() or None, exchange.sender or None,
+            ))
             return self._ok(self._error(exchange, FailInfo.SYSTEM_FAILURE, "internal error"))
 
     def _record(self, record: RefusalRecord) -> None:
@@ -225,24 +238,13 @@ class CmpServer:
             raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "message is not protected (RFC 9483 §3.2)")
         try:
             if is_mac_protected(message):
-                reference = (header.sender_kid or b"").decode("utf-8", "replace")
-                within = message.body_type in ("certConf", "pollReq")
-                secret = self.mac_secret(reference, within) if reference else None
-                if secret is None and reference and not within and self._continues(exchange, "kid:" + (header.sender_kid or b"").hex()[:72]):
-                    # The retransmission of a request that took the credential's last use.
-                    secret = self.mac_secret(reference, True)
-                if secret is None:
-                    raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
-                exchange.mac = verify_mac_protection(message, secret, self.policy.max_mac_iterations)
-                exchange.secret = secret
-                exchange.sender = "kid:" + (header.sender_kid or b"").hex()[:72]
-                exchange.evidence = (SharedSecretReference(reference),)
+                self._verify_mac(exchange)
                 return
             signer = verify_signature_protection(message)
         except ProtectionError as exc:
             raise CmpRefusal(exc.fail_info, exc.reason) from None
         except codec.CmpDecodeError as exc:
-            raise CmpRefusal(FailInfo.BAD_DATA_FORMAT, exc.reason) from None
+            raise CmpRefusal(exc.fail_info, exc.reason) from None
         signer_der = signer.public_bytes(serialization.Encoding.DER)
         exchange.sender = "cert:" + hashlib.sha256(signer_der).hexdigest()
         chain = message.extra_certs
@@ -278,6 +280,39 @@ class CmpServer:
     def _retain(self, exchange: _Exchange, reply: bytes) -> bytes:
         self.transactions.retain_reply(exchange.transaction_id, exchange.sender, exchange.request_hash, reply)
         return reply
+
+    def _verify_mac(self, exchange: _Exchange) -> None:
+        header = exchange.message.header
+        reference = (header.sender_kid or b"").decode("utf-8", "replace")
+        guard, peer = self.mac_guard, exchange.peer
+        if guard is not None:
+            # Issue 10, finding 6b: each wrong guess costs the server a key
+            # derivation, so after too many failures for this senderKID or
+            # from this address the MAC is not even computed.
+            wait = guard.refused(reference, peer)
+            if wait is not None:
+                raise CmpRefusal(
+                    FailInfo.BAD_MESSAGE_CHECK,
+                    "too many failed MACs for this senderKID or from this address; retry in %d s" % wait,
+                )
+        within = exchange.message.body_type in ("certConf", "pollReq")
+        secret = self.mac_secret(reference, within) if reference else None
+        if secret is None and reference and not within and self._continues(exchange, "kid:" + (header.sender_kid or b"").hex()[:72]):
+            # The retransmission of a request that took the credential's last use.
+            secret = self.mac_secret(reference, True)
+        if secret is None:
+            if guard is not None:
+                guard.failed(None, peer)
+            raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
+        try:
+            exchange.mac = verify_mac_protection(exchange.message, secret, self.policy.max_mac_iterations)
+        except ProtectionError as exc:
+            if guard is not None and exc.fail_info == FailInfo.BAD_MESSAGE_CHECK:
+                guard.failed(reference, peer)
+            raise
+        exchange.secret = secret
+        exchange.sender = "kid:" + (header.sender_kid or b"").hex()[:72]
+        exchange.evidence = (SharedSecretReference(reference),)
 
     # -- dispatch ------------------------------------------------------------------
 

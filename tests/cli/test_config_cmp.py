@@ -52,7 +52,7 @@ def test_defaults_without_a_cmp_table(tmp_path: Path) -> None:
     settings = load_settings(write_config(tmp_path, None))
     assert settings.cmp == CmpSettings()
     assert (settings.cmp.confirm_wait_seconds, settings.cmp.message_time_tolerance_seconds) == (600, 600)
-    assert settings.cmp.allow_implicit_confirm and settings.cmp.allow_unprotected_genm
+    assert settings.cmp.allow_implicit_confirm and not settings.cmp.allow_unprotected_genm  # RFC 9483 §3.2
     assert settings.cmp.max_mac_iterations == macs.MAX_ITERATIONS
     assert settings.cmp.trusted_ras(settings.home) == ()
 
@@ -85,8 +85,11 @@ def test_an_absolute_ra_path_is_kept(tmp_path: Path) -> None:
         ({"confirm_wait_seconds": 9}, "confirm_wait_seconds must be from 10 to 86400"),
         ({"confirm_wait_seconds": 86_401}, "confirm_wait_seconds must be from 10 to 86400"),
         ({"message_time_tolerance_seconds": 0}, "message_time_tolerance_seconds must be from 10"),
-        ({"max_mac_iterations": 99}, "max_mac_iterations must be from 100 to 1000000"),
-        ({"max_mac_iterations": 1_000_001}, "max_mac_iterations must be from 100"),
+        ({"max_mac_iterations": 99}, "max_mac_iterations must be from 100 to 100000"),
+        ({"max_mac_iterations": 100_001}, "max_mac_iterations must be from 100"),
+        ({"mac_failures_per_kid": 0}, "mac_failures_per_kid must be from 1 to 1000"),
+        ({"mac_failures_per_address": 100_001}, "mac_failures_per_address must be from 1 to 100000"),
+        ({"mac_failure_window_seconds": 3_601}, "mac_failure_window_seconds must be from 1 to 3600"),
         ({"confirm_wait_seconds": "600"}, "confirm_wait_seconds must be a int"),
         ({"confirm_wait_seconds": True}, "confirm_wait_seconds must be a int"),
         ({"allow_unprotected_genm": "yes"}, "allow_unprotected_genm must be a bool"),
@@ -153,8 +156,11 @@ def test_init_writes_the_cmp_table_with_its_defaults(home: Path) -> None:  # noq
         "confirm_wait_seconds": 600,
         "message_time_tolerance_seconds": 600,
         "allow_implicit_confirm": True,
-        "allow_unprotected_genm": True,
+        "allow_unprotected_genm": False,
         "max_mac_iterations": macs.MAX_ITERATIONS,
+        "mac_failures_per_kid": 10,
+        "mac_failures_per_address": 100,
+        "mac_failure_window_seconds": 300,
     }
 
 

@@ -140,9 +140,10 @@ def _unprotected_ca_certs_genm(mac: MacCredential) -> bytes:
 
 def test_unprotected_genm_follows_the_configuration(world: World, default_server: CmpServer) -> None:
     mac = mac_for(world)
-    assert answer(default_server, _unprotected_ca_certs_genm(mac)).body_type == "genp"
-    closed = server_with(world, allow_unprotected_genm=False)
-    assert refusal(answer(closed, _unprotected_ca_certs_genm(mac))).fail_info == {FailInfo.BAD_MESSAGE_CHECK}
+    # RFC 9483 §3.2: refused by default, answered where the operator opts in.
+    assert refusal(answer(default_server, _unprotected_ca_certs_genm(mac))).fail_info == {FailInfo.BAD_MESSAGE_CHECK}
+    opened = server_with(world, allow_unprotected_genm=True)
+    assert answer(opened, _unprotected_ca_certs_genm(mac)).body_type == "genp"
 
 
 def test_mac_iteration_cap_comes_from_the_configuration(world: World, default_server: CmpServer) -> None:
