@@ -40,7 +40,7 @@ def test_reconcile_revokes_what_a_killed_issue_left_and_show_tells_the_truth(hom
     assert any(r["operation"] == "stale-crl-reissued" for r in records)
     assert "intact" in cli("--home", home, "audit", "verify").ok().stdout
     # Nothing left: a second run repairs nothing.
-    assert cli("--home", home, "reconcile", "--older-than", "0", "--json").json() == {"possibly-issued": 0, "crls": 0}
+    assert cli("--home", home, "reconcile", "--older-than", "0", "--json").json() == {"possibly-issued": 0, "cmp-unconfirmed": 0, "crls": 0}
 
 
 def test_a_failing_task_does_not_stop_the_others() -> None:
