@@ -207,12 +207,35 @@ def test_unknown_path_label_is_a_404(server: CmpServer, mac: MacCredential) -> N
     assert status == 404
 
 
-def test_cmp_level_refusals_leave_an_audit_record(world: World, server: CmpServer, mac: MacCredential) -> None:
+def _noise(world: World, reason: str) -> int:
+    return sum(r.count for r in world.instance.audit.noise.rows(source="192.0.2.1") if r.reason == reason)
+
+
+def test_cmp_level_refusals_nobody_authenticated_are_counted_not_chained(world: World, server: CmpServer, mac: MacCredential) -> None:
+    # Issue 10, 6c: a bad MAC, garbage, a replay or a stranger's signed
+    # certConf says nothing about who sent it; a flood must not grow the chain.
+    before, bad_mac, garbage = world.instance.audit.count(), _noise(world, "badMessageCheck"), _noise(world, "badDataFormat")
+    for _ in range(5):
+        _, request = cert_request(replace(mac, secret=b"wrong"), new_key())
+        assert refusal(answer(server, request)).fail_info == {FailInfo.BAD_MESSAGE_CHECK}
+        server.handle(os.urandom(64), path_label=None, peer="192.0.2.1")
+    stranger = world.stranger.device(world.device())
+    credential = CertCredential(stranger.key, tuple(world.stranger.chain(stranger)))  # type: ignore[arg-type]
+    unknown = cert_conf(credential, os.urandom(16), b"\x30\x00")
+    assert refusal(answer(server, unknown)).fail_info == {FailInfo.BAD_REQUEST}
+    assert world.instance.audit.count() == before
+    assert (_noise(world, "badMessageCheck"), _noise(world, "badDataFormat")) == (bad_mac + 5, garbage + 5)
+
+
+def test_cmp_level_refusal_of_an_authenticated_sender_is_chained(world: World, server: CmpServer, mac: MacCredential) -> None:
+    # The MAC verified: the refusal concerns a credential holder, recorded one by one.
     before = world.instance.audit.count()
-    _, request = cert_request(replace(mac, secret=b"wrong"), new_key())
-    answer(server, request)
-    records = list(world.instance.audit.records(after_seq=0))[before:]
-    assert [(r.protocol, r.outcome, r.reason) for r in records] == [("cmp", "rejected", "badMessageCheck")]
+    unknown = cert_conf(mac, os.urandom(16), b"\x30\x00")
+    assert refusal(answer(server, unknown)).fail_info == {FailInfo.BAD_REQUEST}
+    records = list(world.instance.audit.records(after_seq=before))
+    assert [(r.protocol, r.outcome, r.reason, r.evidence) for r in records] == [
+        ("cmp", "rejected", "badRequest", (f"kid:{mac.reference.encode().hex()}",)),
+    ]
 
 
 def test_overlong_transaction_id_is_refused_with_badRequest(server: CmpServer, mac: MacCredential) -> None:
