@@ -3,7 +3,9 @@ ra/noise.py through AuditLog.note_noise, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import multiprocessing
 import re
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -137,3 +139,28 @@ def test_every_est_refusal_reason_is_in_the_closed_set() -> None:
     found = set(re.findall(r'EstRefusal\(\s*\d+,\s*"([a-z_]+)"', source))
     found |= set(re.findall(r'_record\(request,\s*\d+,\s*"([a-z_]+)"', source))
     assert found and found <= EST_REFUSAL_REASONS, found - EST_REFUSAL_REASONS
+
+
+def _count_many(url: str, worker: int, count: int) -> int:
+    engine = make_engine(url)
+    # One interval, whatever the hour: no summary joins the chain meanwhile.
+    log = AuditLog(engine, NoiseLog(engine, NoisePolicy(max_sources=4), reasons=NOISE_REASONS, clock=Clock()))
+    for n in range(count):
+        # Everyone on one row, and each on rows of its own past the cap.
+        _refuse(log, source="198.51.100.1" if n % 2 else f"2001:db8:{worker}::{n:x}")
+    engine.dispose()
+    return count
+
+
+def test_workers_counting_at_once_lose_no_count_and_keep_the_cap(engine: Engine) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(3, mp_context=context) as pool:
+        done = sum(task.result(timeout=120) for task in [pool.submit(_count_many, url, w, 60) for w in range(3)])
+    log = _log(engine, Clock())
+    rows = list(log.noise.rows())
+    assert sum(row.count for row in rows) == done == 180
+    assert next(row.count for row in rows if row.source == "198.51.100.1") == 90
+    # The cap is read before each new row: workers racing may pass it by one each.
+    assert len({row.source for row in rows} - {ANY_SOURCE}) <= 4 + 2
+    assert log.count() == 0
