@@ -28,6 +28,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from ca import db
 from ca.db import now, utc
+from ra.noise import NoiseLog
 from ra.schema import audit_head, audit_log
 
 GENESIS_HASH = "0" * 64
@@ -186,8 +187,18 @@ def _computed_hash(record: AuditRecord) -> str:
 
 
 class AuditLog:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, noise: NoiseLog | None = None) -> None:
         self.engine = engine
+        self.noise = noise if noise is not None else NoiseLog(engine)
+
+    def note_noise(self, *, protocol: str, source: str | None, reason: str, detail: dict[str, Any]) -> None:
+        """Count a refusal nobody authenticated (ra/noise.py) instead of
+        chaining it; the summaries of the intervals this closes are chained,
+        in the same transaction as the seal."""
+        with db.unit_of_work(self.engine):
+            for summary in self.noise.count(protocol=protocol, source=source, reason=reason, detail=detail):
+                self.append(actor="anonymous", protocol="ra", operation="noise-summary", evidence=[],
+                            outcome="noise", details=summary)
 
     def append(
         self,

@@ -278,10 +278,18 @@ class EnrolmentCore:
         self._audit(request, auth, device.serial, "revoked", request.revoke_reason, serial)
         return Revoked(serial=serial)
 
-    def _refuse(self, request: EnrolmentRequest, auth: Authenticated | None, refusal: Refusal) -> Rejected:
+    def _refuse(self, request: EnrolmentRequest, auth: Authenticated | None, refusal: Refusal,
+                *, approved: bool = False) -> Rejected:
         try:
-            self._audit(request, auth, auth.device if auth else request.claimed_device,
-                        "rejected", refusal.reason.value, None, {"text": refusal.text})
+            if auth is None and not approved:
+                # Nobody authenticated: counted per source and reason, not
+                # chained, so a flood cannot fill the disk (issue 10, 6c).
+                self.audit.note_noise(protocol=request.protocol.value, source=request.peer, reason=refusal.reason.value,
+                                      detail={"operation": request.operation.value, "text": refusal.text,
+                                              "claimed": request.claimed_device, "transaction": request.transaction_id})
+            else:
+                self._audit(request, auth, auth.device if auth else request.claimed_device,
+                            "rejected", refusal.reason.value, None, {"text": refusal.text})
         except StoreError:
             log.exception("could not write the audit record of a refusal")
         return Rejected(reason=refusal.reason, text=refusal.text, retry_after=refusal.retry_after)
@@ -346,7 +354,7 @@ class EnrolmentCore:
             issued = self.cas.issue(order)
         except Refusal as refusal:
             self.pending.mark_failed(request_id, refusal.reason.value, refusal.text)
-            return self._refuse(request, None, refusal)
+            return self._refuse(request, None, refusal, approved=True)
         final = self.pending.mark_issued(request_id, format(issued.serial, "x"))
         if final.certificate_serial != format(issued.serial, "x"):
             # Another worker issued first; ours is revoked so one certificate stands.

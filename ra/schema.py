@@ -3,7 +3,7 @@ alembic_version_ra."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -46,7 +46,7 @@ audit_log = Table(
     Column("operation", String(32), nullable=False),
     Column("device", String(128)),
     Column("evidence", Text, nullable=False),  # JSON list of what authenticated the request
-    Column("outcome", String(16), nullable=False),  # issued | pending | rejected | revoked | admin
+    Column("outcome", String(16), nullable=False),  # issued | pending | rejected | revoked | admin | noise
     Column("reason", String(64)),
     Column("serial", String(42)),
     Column("details", Text, nullable=False),  # JSON
@@ -63,6 +63,24 @@ audit_head = Table(
     Column("id", Integer, primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# Refusals nobody authenticated (issue 10, 6c), counted instead of chained:
+# one row per (interval, source, protocol, reason), so a flood of bad
+# requests costs a bounded number of rows (ra/noise.py). `sealed` is set once
+# the interval's summary has joined the hash chain.
+audit_noise = Table(
+    "audit_noise",
+    metadata,
+    Column("interval_start", BigInteger, primary_key=True),  # epoch seconds, a multiple of the interval
+    Column("source", String(64), primary_key=True),  # the peer address, or "*" past the per-interval cap
+    Column("protocol", String(16), primary_key=True),
+    Column("reason", String(32), primary_key=True),  # a closed set; anything else is "other"
+    Column("count", BigInteger, nullable=False),
+    Column("first_seen", TZ, nullable=False),
+    Column("last_seen", TZ, nullable=False),
+    Column("sample", String(256), nullable=False),  # the first refusal's details, cut
+    Column("sealed", Boolean, nullable=False),
 )
 
 # Fixed-window counters for rate limits (per device, global).

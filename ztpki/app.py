@@ -22,6 +22,7 @@ from protocols.cmp import http as cmp_http
 from protocols.est import http as est_http
 from protocols.cmp.server import CmpServer, RefusalRecord, Route, ServerIdentity
 from protocols.pki_http import PkiPublication, make_blueprint
+from ra import transactions
 from ra.ratelimit import RateLimiter
 from vendor_trust.credentials import BadCredential
 from ztpki.assembly import Instance
@@ -141,10 +142,42 @@ class MacFailures:
         self.limiter.hit(self._keys(reference, peer), commit=True)
 
 
+# Transaction states the core reached only after authenticating the sender.
+_AUTHENTICATED_STATES = frozenset({
+    transactions.PENDING, transactions.AWAITING_CONFIRM, transactions.CONFIRMED, transactions.CONFIRM_REJECTED,
+    transactions.UNCONFIRMED, transactions.DONE,
+})
+
+
 def _audit_refusal(instance: Instance, record: RefusalRecord) -> None:
     instance.audit_refusal("cmp", record.body_type, record.sender, record.fail_info, {
         "text": record.text, "transaction": record.transaction_id, "peer": record.peer,
-    })
+    }, authenticated=_sender_authenticated(instance, record))
+
+
+def _sender_authenticated(instance: Instance, record: RefusalRecord) -> bool:
+    """Whether a CMP-level refusal concerns a sender someone authenticated
+    (issue 10, 6c: the others are counted, not chained).
+
+    The server sets the sender once the protection verified. A MAC that
+    verified proves knowledge of a credential's secret. A signature proves
+    only possession of the key of a certificate the message itself carries:
+    the core decides whether that certificate is trusted, so the sender is
+    authenticated only within a transaction the core already decided for.
+    A replayed message (badSenderNonce) proves nothing about who sent it.
+    """
+    sender = record.sender or ""
+    if record.fail_info == "badSenderNonce":
+        return False
+    if sender.startswith("kid:"):
+        return True
+    if not sender.startswith("cert:") or not record.transaction_id:
+        return False
+    try:
+        found = instance.cmp_transactions.get(bytes.fromhex(record.transaction_id), sender)
+    except ValueError:
+        return False
+    return found is not None and found.status in _AUTHENTICATED_STATES
 
 
 def cmp_protection_identity(instance: Instance, ca: str | None) -> ServerIdentity:

@@ -17,8 +17,11 @@ from ca.db import make_engine
 from ca.store import Store
 from sqlalchemy import Engine
 from hsm import Token, TokenSealer
+from protocols.cmp.bodies import FailInfo
 from protocols.cmp.context import CmpPolicy
+from protocols.cmp.refusals import fail_info_name
 from ra.audit import AuditLog
+from ra.noise import NoiseLog, NoisePolicy
 from ra.core import CorePolicy, EnrolmentCore
 from ra.pending import PendingRequests
 from ra.ratelimit import RateLimiter
@@ -30,6 +33,16 @@ from vendor_trust.registry import DeviceRegistry
 from ztpki.config import ConfigError, Settings, load_settings
 
 SECRETS_KEY_LABEL = "ztpki-secrets"
+
+# The refusal codes of the protocols' own refusals, besides the core's
+# RejectReasons: the closed set audit_noise keys by (ra/noise.py). EST's are
+# the reasons of protocols/est's EstRefusals (tests/ra/test_noise.py reads
+# them from the source, so a new one cannot be missed).
+EST_REFUSAL_REASONS = frozenset({
+    "bad_request", "bad_credential", "no_credentials", "channel_binding", "not_authorized", "unknown_label",
+    "unknown_operation", "wrong_method", "too_large", "system_failure",
+})
+NOISE_REASONS = frozenset(fail_info_name(bit) for bit in FailInfo) | EST_REFUSAL_REASONS
 
 
 class _LazySealer:
@@ -127,9 +140,15 @@ class Instance:
         )
 
     def audit_refusal(self, protocol: str, operation: str, identity: str | None, reason: str,
-                      details: dict[str, object]) -> None:
+                      details: dict[str, object], *, authenticated: bool = False) -> None:
         """Audit a request a protocol refused before the core saw it (bad
-        protection, malformed body, no credentials)."""
+        protection, malformed body, no credentials). Unless the protocol had
+        authenticated the sender, it is counted, not chained (issue 10, 6c)."""
+        if not authenticated:
+            peer = details.get("peer")
+            self.audit.note_noise(protocol=protocol, source=peer if isinstance(peer, str) else None, reason=reason,
+                                  detail={"operation": operation, "identity": identity, **details})
+            return
         self.audit.append(
             actor="anonymous",
             protocol=protocol,
@@ -180,7 +199,13 @@ class Instance:
 
     @cached_property
     def audit(self) -> AuditLog:
-        return AuditLog(self.engine)
+        ra = self.settings.ra
+        policy = NoisePolicy(
+            interval_seconds=ra.noise_interval_seconds,
+            max_sources=ra.noise_sources_per_interval,
+            retention_days=ra.noise_retention_days,
+        )
+        return AuditLog(self.engine, NoiseLog(self.engine, policy, reasons=NOISE_REASONS))
 
     @cached_property
     def pending(self) -> PendingRequests:

@@ -2,6 +2,7 @@
 
     ztpki audit list [--json] [--device SERIAL] [--limit N] [--after SEQ]
     ztpki audit verify
+    ztpki audit noise [--json] [--source ADDR] [--hours N]
     ztpki requests list [--status S] [--device SERIAL] [--json]
     ztpki requests show ID [--json]
     ztpki requests approve ID
@@ -16,6 +17,8 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 import click
@@ -99,6 +102,32 @@ def _register_audit(main: click.Group, get_instance: GetInstance) -> None:
         click.echo(f"audit log intact: {result.checked} records")
         # Kept elsewhere, the head hash also exposes a rewrite of the whole log.
         click.echo(f"head: seq {result.head_seq}, sha256 {result.head_hash}", err=True)
+
+
+    @audit_group.command("noise")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--source", help="Only this source address ('*': the sources past the per-interval cap).")
+    @click.option("--hours", type=click.IntRange(min=1), help="Only intervals that began in the last N hours.")
+    @click.pass_context
+    def audit_noise(ctx: click.Context, as_json: bool, source: str | None, hours: int | None) -> None:
+        """Refusals nobody authenticated, counted per interval, source, protocol and reason.
+
+        They are not in the hash chain (a flood would fill the disk); each
+        closed interval's totals are, as a noise-summary record."""
+        noise = get_instance(ctx).audit.noise
+        since = noise.interval_of(time.time() - hours * 3600) if hours is not None else None
+        rows = noise.rows(since=since, source=source)
+        if as_json:
+            click.echo(json.dumps([row.to_json() for row in rows], indent=2, sort_keys=True))
+            return
+        click.echo(f"{'INTERVAL (UTC)':<16} {'SOURCE':<40} {'PROTOCOL':<8} {'REASON':<22} {'COUNT':>9}  LAST SEEN")
+        count = 0
+        for row in rows:
+            start = datetime.fromtimestamp(row.interval_start, timezone.utc).strftime("%Y-%m-%d %H:%M")
+            click.echo(f"{start:<16} {row.source:<40} {row.protocol:<8} {row.reason:<22} {row.count:>9}  "
+                       f"{format_time(row.last_seen)[:19]}")
+            count += 1
+        click.echo(f"{count} row(s)", err=True)
 
 
 # -- pending requests ---------------------------------------------------------------

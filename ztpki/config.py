@@ -110,6 +110,9 @@ RA_BOUNDS = {
     "global_limit": (1, 10_000_000),
     "global_window_seconds": (1, 3_600),
     "poll_interval_seconds": (1, 86_400),
+    "noise_interval_seconds": (60, 86_400),
+    "noise_sources_per_interval": (1, 100_000),
+    "noise_retention_days": (1, 3_650),
 }
 
 
@@ -126,6 +129,12 @@ class RaSettings:
     global_limit: int = 200  # requests of all devices per window
     global_window_seconds: int = 1
     poll_interval_seconds: int = 30  # how long a pending client should wait before asking again
+    # Refusals nobody authenticated are counted per interval, source and
+    # reason, not chained (ra/noise.py); past this many sources in one
+    # interval the rest share the source "*".
+    noise_interval_seconds: int = 3600
+    noise_sources_per_interval: int = 256
+    noise_retention_days: int = 30
 
     def to_table(self) -> dict[str, Any]:
         return dict(vars(self))

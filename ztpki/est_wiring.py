@@ -94,9 +94,13 @@ def est_server_for(instance: Instance) -> EstServer:
 
 
 def _audit_refusal(instance: Instance, record: RefusalRecord) -> None:
+    # EST authenticates nobody itself: the TLS client certificate and the
+    # Basic password are the core's to check, so every refusal EST decides
+    # is counted, not chained (issue 10, 6c). The one that follows the
+    # core's decision (serverkeygen held for approval) has that decision chained.
     instance.audit_refusal("est", record.operation, record.identity, record.reason, {
         "text": record.text, "status": record.status, "label": record.label, "peer": record.peer,
-    })
+    }, authenticated=False)
 
 
 __all__ = ["DEFAULT_EST_PROFILE", "csrattrs_of_profile", "est_route_of", "est_server_for"]

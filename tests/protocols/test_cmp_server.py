@@ -213,12 +213,33 @@ def test_unknown_path_label_is_a_404(server: CmpServer, mac: MacCredential) -> N
     assert status == 404
 
 
-def test_cmp_level_refusals_leave_an_audit_record(world: World, server: CmpServer, mac: MacCredential) -> None:
+def test_cmp_level_refusals_nobody_authenticated_are_counted_not_chained(world: World, server: CmpServer, mac: MacCredential) -> None:
+    # Issue 10, 6c: a bad MAC, garbage, a replay or a stranger's signed
+    # certConf says nothing about who sent it; a flood must not grow the chain.
+    peer = "192.0.2.77"
     before = world.instance.audit.count()
-    _, request = cert_request(replace(mac, secret=b"wrong"), new_key())
-    answer(server, request)
-    records = list(world.instance.audit.records(after_seq=0))[before:]
-    assert [(r.protocol, r.outcome, r.reason) for r in records] == [("cmp", "rejected", "badMessageCheck")]
+    stranger = world.stranger.device(world.device())
+    credential = CertCredential(stranger.key, tuple(world.stranger.chain(stranger)))  # type: ignore[arg-type]
+    for _ in range(5):
+        _, request = cert_request(replace(mac, secret=b"wrong"), new_key())
+        server.handle(request, path_label=None, peer=peer)
+        server.handle(os.urandom(64), path_label=None, peer=peer)
+        _, reply, _ = server.handle(cert_conf(credential, os.urandom(16), b"\x30\x00"), path_label=None, peer=peer)
+        assert refusal(codec.decode_message(reply)).fail_info == {FailInfo.BAD_REQUEST}
+    assert world.instance.audit.count() == before
+    counted = {(r.reason, r.count) for r in world.instance.audit.noise.rows(source=peer)}
+    assert counted == {("badMessageCheck", 5), ("badDataFormat", 5), ("badRequest", 5)}
+
+
+def test_cmp_level_refusal_of_an_authenticated_sender_is_chained(world: World, server: CmpServer, mac: MacCredential) -> None:
+    # The MAC verified: the refusal concerns a credential holder, recorded one by one.
+    before = world.instance.audit.count()
+    unknown = cert_conf(mac, os.urandom(16), b"\x30\x00")
+    assert refusal(answer(server, unknown)).fail_info == {FailInfo.BAD_REQUEST}
+    records = list(world.instance.audit.records(after_seq=before))
+    assert [(r.protocol, r.outcome, r.reason, r.evidence) for r in records] == [
+        ("cmp", "rejected", "badRequest", (f"kid:{mac.reference.encode().hex()}",)),
+    ]
 
 
 def test_overlong_transaction_id_is_refused_with_badRequest(server: CmpServer, mac: MacCredential) -> None:

@@ -90,3 +90,32 @@ def test_audit_verify_fails_naming_a_deleted_record(main: click.Group, log: Audi
     result = CliRunner().invoke(main, ["audit", "verify"])
     assert result.exit_code == 1
     assert "record 2" in result.stderr
+
+
+def test_audit_noise_lists_the_counted_refusals(engine: Engine) -> None:
+    from ra.noise import NoiseLog
+    from ztpki.assembly import NOISE_REASONS
+
+    log = AuditLog(engine, NoiseLog(engine, reasons=NOISE_REASONS))
+    for n in range(7):
+        log.note_noise(protocol="cmp", source="203.0.113.5", reason="badMessageCheck", detail={"n": n})
+    log.note_noise(protocol="est", source="203.0.113.6", reason="bad_credential", detail={})
+
+    @click.group()
+    def main() -> None:
+        pass
+
+    cli_ra.register(main, lambda ctx: SimpleNamespace(engine=engine, audit=log))  # type: ignore[arg-type,return-value]
+    result = CliRunner().invoke(main, ["audit", "noise", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["source"], r["protocol"], r["reason"], r["count"]) for r in rows] == [
+        ("203.0.113.5", "cmp", "badMessageCheck", 7), ("203.0.113.6", "est", "bad_credential", 1),
+    ]
+    assert json.loads(rows[0]["sample"]) == {"n": 0}
+    table = CliRunner().invoke(main, ["audit", "noise", "--source", "203.0.113.6", "--hours", "1"])
+    assert table.exit_code == 0, table.output
+    assert table.stdout.splitlines()[1].split()[2:6] == ["203.0.113.6", "est", "bad_credential", "1"]
+    assert "1 row(s)" in table.stderr
+    # Counting is not chaining: the hash chain is as it was, and intact.
+    assert log.count() == 0 and log.verify().ok

@@ -294,11 +294,31 @@ def test_overload_answers_retry_later(tmp_path: Path) -> None:
     assert busy and all(r.reason is RejectReason.SYSTEM_UNAVAILABLE and r.retry_after for r in busy)
 
 
-def test_every_decision_is_audited_and_the_chain_verifies(world: World) -> None:
-    before = world.instance.audit.count()
-    world.instance.core.decide(enrolment())
-    assert world.instance.audit.count() == before + 1
-    assert world.instance.audit.verify().ok
+def test_every_authenticated_decision_is_chained_and_the_chain_verifies(world: World) -> None:
+    audit = world.instance.audit
+    serial = world.device()
+    world.instance.registry.block(serial, "stolen")
+    before = audit.count()
+    refused(world.instance.core.decide(enrolment(VendorCertificate(world.idevid(serial)))), RejectReason.DEVICE_BLOCKED)
+    assert audit.count() == before + 1
+    last = list(audit.records(after_seq=before))[-1]
+    assert (last.device, last.outcome, last.reason) == (serial, "rejected", "device_blocked")
+    assert audit.verify().ok
+
+
+def test_a_flood_of_unauthenticated_refusals_is_counted_not_chained(world: World) -> None:
+    # Issue 10, 6c: one chained record per bad request let one client fill the disk.
+    audit = world.instance.audit
+    before = audit.count()
+    for n in range(60):
+        evidence = () if n % 2 else (VendorCertificate(world.idevid(world.device(), world.stranger)),)
+        decision = world.instance.core.decide(dataclasses.replace(enrolment(*evidence), peer="198.51.100.9"))
+        assert isinstance(decision, Rejected)
+    assert audit.count() == before
+    rows = [row for row in audit.noise.rows() if row.source == "198.51.100.9"]
+    assert {(row.protocol, row.reason, row.count) for row in rows} == {
+        ("cmp", "not_authorized", 30), ("cmp", "untrusted_certificate", 30),
+    }
 
 
 def test_a_profile_may_drop_excess_extensions_instead_of_refusing(world: World) -> None:
