@@ -1,8 +1,8 @@
 """The enrolment core: the one place a request becomes a certificate, a
 pending request or a refusal.
 
-    rate limit → idempotency → authenticate → device → authorize → policy
-    → approve (auto / pending) → issue → audit
+    authenticate → idempotency (scoped by identity) → rate limit → device
+    → authorize → policy → approve (auto / pending) → issue → audit
 
 Every outcome, refusals included, leaves an audit record. Nothing is kept
 in process memory: the store holds the transaction, so any worker answers
@@ -82,7 +82,6 @@ class EnrolmentCore:
         """Decide one request; never raises for anything a client can cause."""
         auth: Authenticated | None = None
         try:
-            self._admit("global", self.policy.global_limit, self.policy.global_window, commit=True)
             # Authentication comes before any lookup that can return a
             # certificate, and the lookup is scoped by who authenticated: a
             # transactionID travels in clear and proves nothing (RFC 4210
@@ -91,6 +90,10 @@ class EnrolmentCore:
             replay = self._replayed(request, auth)
             if replay is not None:
                 return replay
+            # The global budget is counted only for authenticated requests:
+            # counted before, anyone with a self-signed certificate could
+            # spend it and make every device hear "busy".
+            self._admit("global", self.policy.global_limit, self.policy.global_window, commit=True)
             self.authenticator.spend(auth)
             device = self._device(request, auth)
             self._admit(f"device:{device.serial}", self.policy.per_device_limit, self.policy.per_device_window)

@@ -294,6 +294,19 @@ def test_overload_answers_retry_later(tmp_path: Path) -> None:
     assert busy and all(r.reason is RejectReason.SYSTEM_UNAVAILABLE and r.retry_after for r in busy)
 
 
+def test_unauthenticated_requests_do_not_spend_the_global_budget(tmp_path: Path) -> None:
+    """Security issue: counted before authentication, a self-signed flood made
+    every device hear "busy"."""
+    own = make_world(tmp_path)
+    core = own.instance.core
+    core.policy = CorePolicy(global_limit=2, global_window=60)
+    for _ in range(5):
+        refused(core.decide(enrolment(VendorCertificate(own.idevid(own.device(), pki=own.stranger)))),
+                RejectReason.UNTRUSTED_CERTIFICATE)
+    serial = own.device()
+    assert not isinstance(core.decide(enrolment(VendorCertificate(own.idevid(serial)))), Rejected)
+
+
 def test_every_authenticated_decision_is_chained_and_the_chain_verifies(world: World) -> None:
     audit = world.instance.audit
     serial = world.device()
