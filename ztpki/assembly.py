@@ -40,7 +40,7 @@ SECRETS_KEY_LABEL = "ztpki-secrets"
 # them from the source, so a new one cannot be missed).
 EST_REFUSAL_REASONS = frozenset({
     "bad_request", "bad_credential", "no_credentials", "channel_binding", "not_authorized", "unknown_label",
-    "unknown_operation", "wrong_method", "too_large", "system_failure",
+    "unknown_operation", "wrong_method", "too_large", "system_failure", "tls_required", "untrusted_certificate",
 })
 NOISE_REASONS = frozenset(fail_info_name(bit) for bit in FailInfo) | EST_REFUSAL_REASONS
 

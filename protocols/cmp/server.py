@@ -18,43 +18,32 @@ import contextlib
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, ContextManager
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from protocols.cmp import bodies, codec, messages, readers
 from protocols.cmp.bodies import CertResponse, FailInfo, PkiStatus, PollResponse, StatusInfo
 from protocols.cmp.certchecks import cert_hash, check_old_cert_id
+from protocols.cmp.checks import Exchange, MessageChecks
 from protocols.cmp.context import CmpPolicy, MacGuard, Route, ServerIdentity, Transactions
 from protocols.cmp.general import ID_IT_CA_CERTS, general_answers
 from protocols.cmp.header import NULL_DN_GENERAL_NAME, PkiHeader, reply_header, reply_header_for
 from protocols.cmp.protection import (
-    MacAlgorithm,
-    ProtectionError,
-    is_mac_protected,
     protect_with_mac,
     protect_with_signature,
-    verify_mac_protection,
-    verify_signature_protection,
 )
 from protocols.cmp.refusals import FAIL_INFO_OF_REASON, CmpRefusal, RefusalRecord, fail_info_name
 from ra.requests import (
-    CurrentCertificate,
     Decision,
     EnrolmentRequest,
-    Evidence,
     Issued,
     Operation,
     Pending,
     Rejected,
     RejectReason,
     Revoked,
-    SharedSecretReference,
-    TrustedRa,
-    VendorCertificate,
 )
 from ra.requests import Protocol as RequestProtocol
 
@@ -67,36 +56,12 @@ log = logging.getLogger("ztpki.cmp")
 
 CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 §3.4
 
-# RFC 9483 §3.1 asks for 128-bit values; the store keeps up to 64 octets.
-MAX_ID_SIZE = 64
 MAX_LABEL_ECHO = 64  # characters of an unknown path label a 404 repeats
 
 _REPLY_BODY = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}
-# Messages that belong to a transaction whose reply the store keeps.
-_TRANSACTION_MESSAGES = frozenset({"ir", "cr", "p10cr", "kur", "certConf", "pollReq", "rr"})
 _OPERATION = {"ir": Operation.INITIAL, "cr": Operation.INITIAL, "p10cr": Operation.INITIAL, "kur": Operation.REKEY}
 
-@dataclass
-class _Exchange:
-    """One request as verified so far, and how its reply is protected."""
-
-    message: codec.PkiMessage
-    route: Route
-    identity: ServerIdentity
-    peer: str | None
-    sender: str = ""  # transaction identity: "kid:<hex>" or "cert:<sha256 hex>"
-    secret: bytes | None = field(default=None, repr=False)
-    mac: MacAlgorithm | None = None
-    evidence: tuple[Evidence, ...] = ()
-    trusted_ra: x509.Certificate | None = None  # signed by an RA of policy.trusted_ras
-    request_hash: bytes = b""  # SHA-256 of the request as received: spots a retransmission
-
-    @property
-    def transaction_id(self) -> bytes:
-        return self.message.header.transaction_id or b""
-
-
-class CmpServer:
+class CmpServer(MessageChecks):
     """RFC 4210 / RFC 9483 server over the enrolment core, sans-I/O."""
 
     def __init__(
@@ -158,7 +123,7 @@ class CmpServer:
                 "undecodable", fail_info_name(FailInfo.SYSTEM_FAILURE), "decoding failed unexpectedly", peer, None, None,
             ))
             return 400, b"not a CMP message\n", "text/plain; charset=utf-8"
-        exchange = _Exchange(message, route, self.identity(route), peer, request_hash=hashlib.sha256(body).digest())
+        exchange = Exchange(message, route, self.identity(route), peer, request_hash=hashlib.sha256(body).digest())
         try:
             # One unit of work per message: its store writes (nonce,
             # transaction, the core's records, the audit) commit together
@@ -199,76 +164,7 @@ class CmpServer:
     def _ok(reply: bytes) -> tuple[int, bytes, str]:
         return 200, reply, CONTENT_TYPE
 
-    # -- checks common to every message (RFC 9483 §3.1–§3.5) -------------------------
-
-    def _check(self, exchange: _Exchange) -> bytes | None:
-        """Refuse what fails a common check; the retained reply if the message
-        is a retransmission of its transaction's last message."""
-        header = exchange.message.header
-        if header.pvno not in (2, 3):
-            raise CmpRefusal(FailInfo.UNSUPPORTED_VERSION, "pvno %d is not supported" % header.pvno)
-        if not header.transaction_id or not header.sender_nonce:
-            raise CmpRefusal(FailInfo.BAD_REQUEST, "transactionID and senderNonce are required (RFC 9483 §3.1)")
-        if len(header.transaction_id) > MAX_ID_SIZE or len(header.sender_nonce) > MAX_ID_SIZE:
-            raise CmpRefusal(FailInfo.BAD_REQUEST, "transactionID or senderNonce longer than %d octets" % MAX_ID_SIZE)
-        if header.message_time is not None:
-            skew = abs(header.message_time - self.clock())
-            if skew > self.policy.message_time_tolerance:
-                raise CmpRefusal(FailInfo.BAD_TIME, "messageTime is %d s off" % skew.total_seconds())
-        self._verify_protection(exchange)
-        if exchange.message.body_type in _TRANSACTION_MESSAGES and exchange.sender:
-            # RFC 4210 §5.1.1, RFC 9483 §3.5: a client whose reply was lost
-            # sends the same message again (same senderNonce) and must get
-            # the same answer. Only the sender that protected the original
-            # (verified just above) gets it back; nothing changes state.
-            retained = self.transactions.retained_reply(exchange.transaction_id, exchange.sender, exchange.request_hash)
-            if retained is not None:
-                return retained
-        if not self.transactions.first_use_of_nonce(header.sender_nonce):
-            raise CmpRefusal(FailInfo.BAD_SENDER_NONCE, "senderNonce was used before (replay)")
-        return None
-
-    def _verify_protection(self, exchange: _Exchange) -> None:
-        message = exchange.message
-        header = message.header
-        if header.protection_alg is None:
-            if message.body_type == "genm" and self.policy.allow_unprotected_genm:
-                exchange.sender = "none"
-                return
-            raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "message is not protected (RFC 9483 §3.2)")
-        try:
-            if is_mac_protected(message):
-                self._verify_mac(exchange)
-                return
-            signer = verify_signature_protection(message)
-        except ProtectionError as exc:
-            raise CmpRefusal(exc.fail_info, exc.reason) from None
-        except codec.CmpDecodeError as exc:
-            raise CmpRefusal(exc.fail_info, exc.reason) from None
-        signer_der = signer.public_bytes(serialization.Encoding.DER)
-        exchange.sender = "cert:" + hashlib.sha256(signer_der).hexdigest()
-        chain = message.extra_certs
-        if self.policy.trusted_ra(signer) is not None:
-            moment = self.clock()
-            if not signer.not_valid_before_utc <= moment <= signer.not_valid_after_utc:
-                raise CmpRefusal(FailInfo.SIGNER_NOT_TRUSTED, "the trusted RA's certificate is not valid now")
-            exchange.trusted_ra = signer
-        if message.body_type in ("kur", "rr"):
-            # RFC 4210 §5.3.5, RFC 9483 §4.1.3/§4.2: protected with the certificate to update or revoke.
-            exchange.evidence = (CurrentCertificate(chain[0], tuple(chain[1:])),)
-        elif exchange.trusted_ra is not None:
-            # RFC 9483 §5.2: an RA forwards the request under its own protection
-            # and vouches for the device the template names.
-            exchange.evidence = (TrustedRa(signer),)
-        else:
-            # TS 33.310 §9.5.3: the vendor IDevID and its chain (the core also
-            # recognises a certificate of ours, for cr with an operator certificate).
-            exchange.evidence = (VendorCertificate(tuple(chain)),)
-
-    def _continues(self, exchange: _Exchange, sender: str) -> bool:
-        return self.transactions.get(exchange.transaction_id, sender) is not None
-
-    def _confirmed_by_certconf(self, exchange: _Exchange) -> bool:
+    def _confirmed_by_certconf(self, exchange: Exchange) -> bool:
         last = self.transactions.last_reply(exchange.transaction_id, exchange.sender)
         if last is None:
             return False
@@ -277,46 +173,13 @@ class CmpServer:
         except codec.CmpDecodeError:
             return False
 
-    def _retain(self, exchange: _Exchange, reply: bytes) -> bytes:
+    def _retain(self, exchange: Exchange, reply: bytes) -> bytes:
         self.transactions.retain_reply(exchange.transaction_id, exchange.sender, exchange.request_hash, reply)
         return reply
 
-    def _verify_mac(self, exchange: _Exchange) -> None:
-        header = exchange.message.header
-        reference = (header.sender_kid or b"").decode("utf-8", "replace")
-        guard, peer = self.mac_guard, exchange.peer
-        if guard is not None:
-            # Issue 10, finding 6b: each wrong guess costs the server a key
-            # derivation, so after too many failures for this senderKID or
-            # from this address the MAC is not even computed.
-            wait = guard.refused(reference, peer)
-            if wait is not None:
-                raise CmpRefusal(
-                    FailInfo.BAD_MESSAGE_CHECK,
-                    "too many failed MACs for this senderKID or from this address; retry in %d s" % wait,
-                )
-        within = exchange.message.body_type in ("certConf", "pollReq")
-        secret = self.mac_secret(reference, within) if reference else None
-        if secret is None and reference and not within and self._continues(exchange, "kid:" + (header.sender_kid or b"").hex()[:72]):
-            # The retransmission of a request that took the credential's last use.
-            secret = self.mac_secret(reference, True)
-        if secret is None:
-            if guard is not None:
-                guard.failed(None, peer)
-            raise CmpRefusal(FailInfo.BAD_MESSAGE_CHECK, "no usable shared secret for senderKID %r" % reference[:64])
-        try:
-            exchange.mac = verify_mac_protection(exchange.message, secret, self.policy.max_mac_iterations)
-        except ProtectionError as exc:
-            if guard is not None and exc.fail_info == FailInfo.BAD_MESSAGE_CHECK:
-                guard.failed(reference, peer)
-            raise
-        exchange.secret = secret
-        exchange.sender = "kid:" + (header.sender_kid or b"").hex()[:72]
-        exchange.evidence = (SharedSecretReference(reference),)
-
     # -- dispatch ------------------------------------------------------------------
 
-    def _dispatch(self, exchange: _Exchange) -> bytes:
+    def _dispatch(self, exchange: Exchange) -> bytes:
         kind = exchange.message.body_type
         if kind in _REPLY_BODY:
             return self._certify(exchange)
@@ -330,13 +193,13 @@ class CmpServer:
             return self._general(exchange)
         raise CmpRefusal(FailInfo.BAD_REQUEST, "%s is not a request this server answers" % kind)
 
-    def _begin(self, exchange: _Exchange) -> None:
+    def _begin(self, exchange: Exchange) -> None:
         if not self.transactions.begin(exchange.transaction_id, exchange.sender, exchange.message.body_type):
             raise CmpRefusal(FailInfo.TRANSACTION_ID_IN_USE, "transactionID is in use (RFC 9483 §3.5)")
 
     # -- ir, cr, kur, p10cr (RFC 9483 §4.1) ----------------------------------------
 
-    def _certify(self, exchange: _Exchange) -> bytes:
+    def _certify(self, exchange: Exchange) -> bytes:
         message = exchange.message
         self._begin(exchange)
         try:
@@ -380,7 +243,7 @@ class CmpServer:
         decision = self.decide(request)
         return self._answer_certification(exchange, decision, fields.cert_req_id, message.body_type)
 
-    def _answer_certification(self, exchange: _Exchange, decision: Decision, cert_req_id: int, request_type: str) -> bytes:
+    def _answer_certification(self, exchange: Exchange, decision: Decision, cert_req_id: int, request_type: str) -> bytes:
         tid, sender = exchange.transaction_id, exchange.sender
         reply_type = _REPLY_BODY[request_type]
         if isinstance(decision, Issued):
@@ -420,7 +283,7 @@ class CmpServer:
 
     # -- certConf (RFC 4210 §5.3.18; RFC 9483 §4.1.1) ---------------------------------
 
-    def _confirm(self, exchange: _Exchange) -> bytes:
+    def _confirm(self, exchange: Exchange) -> bytes:
         tid, sender = exchange.transaction_id, exchange.sender
         record = self.transactions.get(tid, sender)
         if record is None or record.status not in ("awaiting_confirm", "confirmed") or record.certificate is None:
@@ -456,7 +319,7 @@ class CmpServer:
 
     # -- pollReq (RFC 4210 §5.3.22; RFC 9483 §4.4) ---------------------------------------
 
-    def _poll(self, exchange: _Exchange) -> bytes:
+    def _poll(self, exchange: Exchange) -> bytes:
         tid, sender = exchange.transaction_id, exchange.sender
         record = self.transactions.get(tid, sender)
         if record is None or record.status != "pending" or record.request_id is None:
@@ -469,7 +332,7 @@ class CmpServer:
 
     # -- rr (RFC 4210 §5.3.9; RFC 9483 §4.2) ------------------------------------------------
 
-    def _revoke(self, exchange: _Exchange) -> bytes:
+    def _revoke(self, exchange: Exchange) -> bytes:
         self._begin(exchange)
         try:
             details = readers.revocation_requests(exchange.message)
@@ -506,7 +369,7 @@ class CmpServer:
 
     # -- genm (RFC 4210 §5.3.19; RFC 9483 §4.3) ----------------------------------------------
 
-    def _general(self, exchange: _Exchange) -> bytes:
+    def _general(self, exchange: Exchange) -> bytes:
         try:
             infos = readers.general_messages(exchange.message)
         except readers.BodyError as exc:
@@ -520,7 +383,7 @@ class CmpServer:
     # -- replies ---------------------------------------------------------------------------------
 
     def _reply(
-        self, exchange: _Exchange, body_type: str, body: Any, extra: tuple[bytes, ...] = (), *, implicit_confirm: bool = False
+        self, exchange: Exchange, body_type: str, body: Any, extra: tuple[bytes, ...] = (), *, implicit_confirm: bool = False
     ) -> bytes:
         identity = exchange.identity
         signed = exchange.secret is None
@@ -530,14 +393,14 @@ class CmpServer:
         )
         return self._protect(exchange, header, codec.encode_body(body_type, body), extra)
 
-    def _protect(self, exchange: _Exchange, header: PkiHeader, body_der: bytes, extra: tuple[bytes, ...]) -> bytes:
+    def _protect(self, exchange: Exchange, header: PkiHeader, body_der: bytes, extra: tuple[bytes, ...]) -> bytes:
         if exchange.secret is not None and exchange.mac is not None:
             return protect_with_mac(header, body_der, exchange.secret, exchange.mac, extra)
         identity = exchange.identity
         certs = identity.chain + tuple(c for c in extra if c not in identity.chain)
         return protect_with_signature(header, body_der, identity.signer, certs)
 
-    def _error(self, exchange: _Exchange, fail_info: FailInfo, text: str) -> bytes:
+    def _error(self, exchange: Exchange, fail_info: FailInfo, text: str) -> bytes:
         """An error message (RFC 4210 §5.3.21; RFC 9483 §3.6.4), protected as far as we can."""
         body = bodies.error_body(StatusInfo(PkiStatus.REJECTION, frozenset({fail_info}), (text[:200],)))
         return self._reply(exchange, "error", body)

@@ -93,8 +93,8 @@ def test_failed_macs_for_one_sender_kid_lock_it_before_any_derivation_until_the_
     locked = refusal(answer(server, request, peer="192.0.2.99"))
     assert locked.fail_info == {FailInfo.BAD_MESSAGE_CHECK} and "too many failed MACs" in locked.texts[0]
     assert derivations() == before  # refused before the key derivation
-    record = list(world.instance.audit.records(after_seq=0))[-1]
-    assert (record.outcome, record.reason) == ("rejected", "badMessageCheck")
+    counted = [r for r in world.instance.audit.noise.rows(source="192.0.2.99") if r.reason == "badMessageCheck"]
+    assert counted and counted[0].count >= 1  # nobody authenticated: counted, not chained
     clock.now += 60
     _, request = cert_request(mac, new_key())
     issued_certificate(answer(server, request, peer="192.0.2.99"))

@@ -170,12 +170,23 @@ class Answer:
         return None
 
 
-def send(world: World, server: CmpServer, message: bytes) -> Answer:
+def recorded(world: World) -> int:
+    """Chained audit records plus counted refusals (audit noise: a refusal
+    nobody authenticated is counted per source and reason, not chained)."""
     audit = world.instance.audit
-    before = audit.count()
+    return audit.count() + sum(row.count for row in audit.noise.rows())
+
+
+def noise_row(world: World, reason: str) -> Any:
+    (row,) = [r for r in world.instance.audit.noise.rows(source=PEER) if (r.protocol, r.reason) == ("cmp", reason)]
+    return row
+
+
+def send(world: World, server: CmpServer, message: bytes) -> Answer:
+    before = recorded(world)
     status, data, content_type = server.handle(message, path_label=None, peer=PEER)
     assert (status, content_type) == (200, CONTENT_TYPE)
-    return Answer(codec.decode_message(data), audit.count() - before)
+    return Answer(codec.decode_message(data), recorded(world) - before)
 
 
 # -- finding 4: a signer whose issuer does not parse ------------------------------------------
@@ -195,8 +206,7 @@ def test_signer_certificate_whose_issuer_does_not_parse_is_refused_with_badDataF
     assert answer.reply.body_type == "error"
     assert answer.status.fail_info == {FailInfo.BAD_DATA_FORMAT}
     assert answer.audited == 1
-    record = list(world.instance.audit.records(after_seq=0))[-1]
-    assert (record.protocol, record.outcome, record.reason) == ("cmp", "rejected", "badDataFormat")
+    assert noise_row(world, "badDataFormat").count >= 1
 
 
 def test_chain_certificate_whose_subject_does_not_parse_is_refused_with_badDataFormat(world: World, server: CmpServer) -> None:
@@ -219,9 +229,7 @@ def test_unexpected_failure_is_answered_with_systemFailure_and_audited(world: Wo
     answer = send(world, crashing, signed(key, chain[0], body_for(BODY_IR, chain[0], key), chain, tid))
     assert answer.status.fail_info == {FailInfo.SYSTEM_FAILURE}
     assert answer.audited == 1
-    record = list(world.instance.audit.records(after_seq=0))[-1]
-    assert (record.outcome, record.reason) == ("rejected", "systemFailure")
-    assert record.details["transaction"] == tid.hex()
+    assert tid.hex() in noise_row(world, "systemFailure").sample
 
 
 # -- finding 8b: the unknown label is not echoed in full -----------------------------------------
