@@ -56,9 +56,9 @@ def test_a_revoked_certificate_of_ours_with_a_good_password_is_refused_as_revoke
     assert [r.serial for r in world.instance.store.certificates(device_id=serial)] == [current.certificate.serial_number]
     # The certificate was judged first: the password's use was not counted.
     assert uses(world, basic) == 0
-    record = list(world.instance.audit.records())[-1]
-    assert (record.outcome, record.reason) == ("rejected", "certificate_revoked")
-    assert list(record.evidence) == ["TlsClientCertificate", "HttpBasic"]
+    # Nothing authenticated: the refusal is counted (audit noise), not chained.
+    counted = [r for r in world.instance.audit.noise.rows() if r.reason == "certificate_revoked"]
+    assert counted and counted[0].count >= 1
 
 
 @pytest.mark.parametrize(("which", "reason"), [
