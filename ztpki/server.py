@@ -1,5 +1,7 @@
 """`ztpki serve`: gunicorn, pre-forking, the app built in each worker after fork
-(the PKCS#11 session and database connections must not cross a fork).
+(the PKCS#11 session and database connections must not cross a fork). The
+workers are gevent workers with every client's time bounded (ztpki/worker.py
+says why), so idle or slow clients cannot take them all.
 
 Without [tls] one gunicorn arbiter serves plain HTTP in this process, as it
 always did. With [tls] there are two listeners, and gunicorn's TLS settings
@@ -27,7 +29,7 @@ import os
 import signal
 import ssl
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
@@ -39,6 +41,7 @@ from ztpki.assembly import Instance
 from ztpki.config import ConfigError, TlsSettings, load_settings
 from ztpki.tls import gunicorn_ssl_context, refresh_client_ca
 from ztpki.transport import make_transport
+from ztpki.worker import handshake_in_handler
 
 log = logging.getLogger("ztpki.server")
 
@@ -64,12 +67,15 @@ class ZtpkiServer(BaseApplication):  # type: ignore[misc]
         return create_app(instance, est_transport=make_transport(instance.settings.est))
 
 
-def _options(host: str, port: int, workers: int, threads: int, access_log: bool, name: str) -> dict[str, Any]:
+def _options(host: str, port: int, workers: int, limits: Limits, access_log: bool, name: str) -> dict[str, Any]:
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "threads": threads,
-        "worker_class": "gthread" if threads > 1 else "sync",
+        "worker_class": "ztpki.worker.ZtpkiWorker",
+        "worker_connections": limits.max_connections,
+        # gevent worker: the bound on waiting for a request's headers, and on
+        # each socket read or write (ztpki/worker.py).
+        "keepalive": limits.client_timeout,
         "accesslog": "-" if access_log else None,
         "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(p)s',  # + <worker pid>
         "errorlog": "-",
@@ -88,20 +94,27 @@ def _tls_options(home: Path, tls: TlsSettings) -> dict[str, Any]:
         "keyfile": str(tls.key_path(home)),
         "ca_certs": str(tls.client_ca_path(home)),
         "cert_reqs": ssl.CERT_OPTIONAL,
-        "ssl_context": gunicorn_ssl_context(home, tls),
+        "ssl_context": handshake_in_handler(gunicorn_ssl_context(home, tls)),
     }
 
 
-def serve(home: Path, *, host: str, port: int, workers: int, threads: int = 1,
+@dataclass(frozen=True)
+class Limits:
+    client_timeout: int
+    max_connections: int
+
+
+def serve(home: Path, *, host: str, port: int, workers: int,
           access_log: bool = False, tls_port: int | None = None,
           on_ready: Callable[[], None] | None = None) -> int:
     """Run until stopped; the exit status. on_ready is called once every
     listener accepts connections."""
     settings = load_settings(home)
+    limits = Limits(settings.client_timeout, settings.max_connections)
     tls = settings.tls
     if tls is not None and tls_port is not None:
         tls = replace(tls, port=tls_port)
-    plain = _options(host, port, workers, threads, access_log, "ztpki")
+    plain = _options(host, port, workers, limits, access_log, "ztpki")
     if tls is None:
         if on_ready is not None:
             plain["when_ready"] = lambda _arbiter: on_ready()
@@ -111,7 +124,7 @@ def serve(home: Path, *, host: str, port: int, workers: int, threads: int = 1,
         raise ConfigError(f"the HTTPS port {port} is the plain HTTP port too; give [tls] port another")
     tls.check_files(settings.home)
     refresh_client_ca(replace(settings, tls=tls))
-    secure = {**_options(host, tls.port, workers, threads, access_log, "ztpki-https"), **_tls_options(settings.home, tls)}
+    secure = {**_options(host, tls.port, workers, limits, access_log, "ztpki-https"), **_tls_options(settings.home, tls)}
     return _Supervisor(settings.home, [plain, secure], lambda: refresh_client_ca(replace(settings, tls=tls))).run(on_ready)
 
 
