@@ -26,8 +26,9 @@ Bounds, from [serve] in ztpki.toml (gunicorn settings set by ztpki/server.py):
 
 from __future__ import annotations
 
+import ctypes
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import gevent
 from gunicorn import util
@@ -47,6 +48,40 @@ def write_plain_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode("latin-1", "replace")
     util.write_nonblock(sock, head + body)
+
+
+def _load_err_clear_error() -> Callable[[], None]:
+    import _ssl
+
+    try:
+        # dlsym on _ssl's own handle finds the libcrypto that _ssl links.
+        clear: Callable[[], None] = ctypes.CDLL(_ssl.__file__).ERR_clear_error
+    except (OSError, AttributeError):  # a static or unusual build: nothing to clear
+        return lambda: None
+    return clear
+
+
+class _ClearsOpensslErrors:
+    """The WSGI app, leaving OpenSSL's error queue empty when it returns.
+
+    SoftHSM2 shares the process's libcrypto with Python's ssl and leaves
+    errors in the thread's queue (ENGINE lookups at C_Initialize and C_Sign).
+    Python's ssl (3.11) does not clear the queue before SSL_read, and
+    OpenSSL's SSL_get_error answers SSL_ERROR_SSL whenever the queue is not
+    empty; on gevent's non-blocking sockets, where a read that would block is
+    an error code, another client's TLS read then fails with the stale error
+    ("[ENGINE: NO_SUCH_ENGINE] no such engine"). Sync workers never met this:
+    their blocking reads return data, not an error code."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], clear: Callable[[], None]) -> None:
+        self.app = app
+        self.clear = clear
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            return self.app(environ, start_response)
+        finally:
+            self.clear()
 
 
 def handshake_in_handler(hook: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -73,11 +108,19 @@ class _DeferredHandshake:
 
 
 class ZtpkiWorker(GeventWorker):  # type: ignore[misc]
+    wsgi: Any  # set by gunicorn's Worker.load_wsgi
+
     def init_process(self) -> None:
         # gunicorn has no setting for its error page; write_error is its one
         # writer (workers/base.py handle_error), called in this process only.
         util.write_error = write_plain_error
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()  # builds the app: opens the token
+        clear = _load_err_clear_error()
+        clear()
+        self.wsgi = _ClearsOpensslErrors(self.wsgi, clear)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         # GeventWorker.handle would make the socket blocking without timeout:
