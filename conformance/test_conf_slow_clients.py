@@ -5,7 +5,7 @@
   plus clients trickling a request or a ClientHello byte by byte: /health
   still answers on both ports within a second and `openssl cmp` enrols.
 - What such a connection costs is bounded: the server closes it after
-  [serve] client_timeout.
+  [serve] client_timeout; a request body that stops coming gets a 400.
 - EST over ztpki's TLS still gets the session's tls-unique.
 - gunicorn's own refusals (400 bad request line, 414 request line too long,
   431 header field too large) are text/plain like ztpki's, not HTML.
@@ -241,3 +241,23 @@ def test_est_gets_this_tls_sessions_tls_unique(server: tuple[Server, int], tmp_p
     # read to report (ztpki/worker.py, _ClearsOpensslErrors).
     time.sleep(0.5)
     assert "_ssl.c" not in served.log(), served.log()
+
+
+@pytest.mark.parametrize("path", ["/.well-known/cmp", "/ocsp"])
+def test_a_body_that_stops_coming_is_refused_with_a_4xx_after_client_timeout(server: tuple[Server, int], path: str) -> None:
+    served, _tls_port = server
+    with _connect(served.inst.port) as sock:
+        sock.settimeout(CLIENT_TIMEOUT + 5)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/pkixcmp\r\n"
+                     "Content-Length: 100\r\n\r\n0123456789".encode())
+        started = time.monotonic()
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert time.monotonic() - started < CLIENT_TIMEOUT + 2
+    head, _, body = reply.partition(b"\r\n\r\n")
+    # werkzeug turns the failed read into 400 (ClientDisconnected): a client
+    # error in text/plain, no traceback, no 5xx.
+    assert head[9:12] in (b"400", b"408"), reply[:300]
+    assert b"content-type: text/plain" in head.lower(), head
+    assert "Traceback" not in served.log(), served.log()
