@@ -31,6 +31,7 @@ import ssl
 from typing import Any, Callable, Iterable
 
 import gevent
+import greenlet
 from gunicorn import util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
@@ -121,6 +122,11 @@ class ZtpkiWorker(GeventWorker):  # type: ignore[misc]
         clear = _load_err_clear_error()
         clear()
         self.wsgi = _ClearsOpensslErrors(self.wsgi, clear)
+        # Whatever else runs in this process (a background greenlet signing a
+        # CRL) may leave errors too: empty the queue whenever greenlets switch.
+        # Safe because Python reads an OpenSSL error right after the failing
+        # call, before any switch.
+        greenlet.settrace(lambda event, _args: clear() if event in ("switch", "throw") else None)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         # GeventWorker.handle would make the socket blocking without timeout:
