@@ -205,7 +205,7 @@ done
 stop_server
 
 echo
-echo "## OCSP (ztpki serve, $WORKERS sync workers, $KEY_TYPE responder key in SoftHSM2; wrk -t1 -c$CONNS, median of $RUNS x ${DURATION}s)"
+echo "## OCSP (ztpki serve, $WORKERS gevent workers, $KEY_TYPE responder key in SoftHSM2; wrk -t1 -c$CONNS, median of $RUNS x ${DURATION}s)"
 echo
 echo "| scenario | responses/s | runs | ratio to (a) | server µs CPU/req | wrk cores | non-2xx | bad answers | socket errors | max other load (cores) |"
 echo "|---|---|---|---|---|---|---|---|---|---|"

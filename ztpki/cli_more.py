@@ -86,15 +86,16 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--host", help="Listen address (default from ztpki.toml, 127.0.0.1).")
     @click.option("--port", type=int, help="Port (default from ztpki.toml, 8080).")
     @click.option("--workers", type=int, help="Worker processes (default from ztpki.toml, 2).")
-    @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Threads per worker; above 1 gunicorn's gthread workers, which keep HTTP/1.1 connections alive.")
+    # Before the gevent workers, --threads > 1 chose gthread workers; accepted
+    # and ignored so that scripts passing it (bench/est.py) keep working.
+    @click.option("--threads", type=click.IntRange(min=1), default=1, hidden=True)
     @click.option("--tls-port", type=int, help="HTTPS port (default from [tls] in ztpki.toml; HTTPS only with [tls]).")
     @click.option("--access-log", is_flag=True)
     @click.pass_context
     def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None, threads: int,
               tls_port: int | None, access_log: bool) -> None:
-        """Serve CRLs, OCSP, CA certificates, CMP and EST (gunicorn, pre-forking);
-        HTTPS too when ztpki.toml has a [tls] table."""
+        """Serve CRLs, OCSP, CA certificates, CMP and EST (gunicorn, pre-forking
+        gevent workers); HTTPS too when ztpki.toml has a [tls] table."""
         from ztpki.server import serve as run_server
 
         instance = get_instance(ctx)
@@ -103,7 +104,7 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
         if tls_port is not None and settings.tls is None:
             raise click.ClickException("--tls-port needs a [tls] table in ztpki.toml (certificate, key, port)")
         ctx.exit(run_server(settings.home, host=host or settings.host, port=port or settings.port,
-                            workers=workers or settings.workers, threads=threads, access_log=access_log,
+                            workers=workers or settings.workers, access_log=access_log,
                             tls_port=tls_port))
 
     @main.command()

@@ -248,6 +248,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     workers: int = 2
+    # Per client: the wait for its request headers (or its next request on a
+    # kept-alive connection) and for each socket read or write (ztpki/worker.py).
+    client_timeout: int = 10
+    max_connections: int = 1000  # per worker process
     sqlite_synchronous: str = "FULL"
     crl_validity_hours: int = 24
     crl_refresh_minutes: int = 60
@@ -314,7 +318,13 @@ class Settings:
                 "sqlite_synchronous": self.sqlite_synchronous,
             },
             "token": token,
-            "serve": {"host": self.host, "port": self.port, "workers": self.workers},
+            "serve": {
+                "host": self.host,
+                "port": self.port,
+                "workers": self.workers,
+                "client_timeout": self.client_timeout,
+                "max_connections": self.max_connections,
+            },
             "crl": {
                 "validity_hours": self.crl_validity_hours,
                 "refresh_minutes": self.crl_refresh_minutes,
@@ -372,6 +382,19 @@ def _maintenance_settings(section: dict[str, Any]) -> MaintenanceSettings:
             raise ConfigError(f"[maintenance] {key} must be from {low} to {high}")
         values[key] = value
     return MaintenanceSettings(**values)
+
+
+# A client_timeout long enough for a device on a slow cellular link to send its
+# headers, short enough that idle connections cannot pile up for minutes.
+SERVE_BOUNDS = {"client_timeout": (1, 120), "max_connections": (10, 100_000)}
+
+
+def _bounded(section: dict[str, Any], key: str, default: int, bounds: dict[str, tuple[int, int]]) -> int:
+    value: int = _typed(section, key, int, default, "serve")
+    low, high = bounds[key]
+    if not low <= value <= high:
+        raise ConfigError(f"[serve] {key} must be from {low} to {high}")
+    return value
 
 
 def _cmp_settings(section: dict[str, Any], home: Path) -> CmpSettings:
@@ -484,6 +507,8 @@ def load_settings(home: Path) -> Settings:
         host=_typed(serve, "host", str, "127.0.0.1", "serve"),
         port=port,
         workers=_typed(serve, "workers", int, 2, "serve"),
+        client_timeout=_bounded(serve, "client_timeout", 10, SERVE_BOUNDS),
+        max_connections=_bounded(serve, "max_connections", 1000, SERVE_BOUNDS),
         crl_validity_hours=_typed(crl, "validity_hours", int, 24, "crl"),
         crl_refresh_minutes=_typed(crl, "refresh_minutes", int, 60, "crl"),
         ocsp_validity_minutes=_typed(ocsp, "validity_minutes", int, 60, "ocsp"),

@@ -1,7 +1,7 @@
 """Background work, off the request path, in one place (issue 18).
 
-Every worker process of `ztpki serve`, on every node, runs one daemon thread
-that sweeps at start (start-up reconciliation after a crash) and then once
+`ztpki serve`, on every node, runs one process beside its listeners
+(ztpki/server.py) that sweeps at start (start-up reconciliation after a crash) and then once
 per interval: rows left 'signing' are revoked as possibly issued, CMP
 certificates whose certConf never came are revoked (and transactions a dead
 worker left open are closed), stale or
@@ -20,11 +20,11 @@ Adding a task: append a MaintenanceTask to `tasks_for`.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Callable
 
 from ca.reconcile import DEFAULT_SIGNING_BOUND, reconcile_crls, reconcile_signing
@@ -81,26 +81,26 @@ class MaintenanceRunner:
         self._stop.set()
         self.thread.join(timeout)
 
+    def run(self) -> None:
+        """Sweep in this thread until stop()."""
+        self._loop()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             run_once(self.tasks)
-            # Spread the workers' sweeps over the interval (never longer, so
+            # Spread the nodes' sweeps over the interval (never longer, so
             # the bound above holds) instead of having them all sweep at once.
             self._stop.wait(self.interval * random.uniform(0.5, 1.0))
 
 
-# Keyed by pid: a forked worker inherits the parent's entry but not its thread.
-_RUNNERS: dict[int, MaintenanceRunner] = {}
-_RUNNERS_LOCK = threading.Lock()
-
-
-def start_maintenance(instance: Instance) -> MaintenanceRunner:
-    """Start this process's runner (once per process; later calls return it)."""
-    with _RUNNERS_LOCK:
-        runner = _RUNNERS.get(os.getpid())
-        if runner is None:
-            settings = instance.settings.maintenance
-            tasks = tasks_for(instance, signing_bound=timedelta(seconds=settings.signing_bound_seconds))
-            interval = timedelta(seconds=settings.interval_seconds)
-            runner = _RUNNERS[os.getpid()] = MaintenanceRunner(tasks, interval).start()
-        return runner
+def run_maintenance(home: Path) -> None:
+    """Sweep at start, then every [maintenance] interval_seconds, for ever
+    (the process `ztpki serve` starts beside its listeners)."""
+    instance = Instance.open(home)
+    settings = instance.settings.maintenance
+    tasks = tasks_for(instance, signing_bound=timedelta(seconds=settings.signing_bound_seconds))
+    runner = MaintenanceRunner(tasks, timedelta(seconds=settings.interval_seconds))
+    try:
+        runner.run()
+    finally:
+        instance.close()

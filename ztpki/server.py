@@ -1,5 +1,7 @@
 """`ztpki serve`: gunicorn, pre-forking, the app built in each worker after fork
-(the PKCS#11 session and database connections must not cross a fork).
+(the PKCS#11 session and database connections must not cross a fork). The
+workers are gevent workers with every client's time bounded (ztpki/worker.py
+says why), so idle or slow clients cannot take them all.
 
 Without [tls] one gunicorn arbiter serves plain HTTP in this process, as it
 always did. With [tls] there are two listeners, and gunicorn's TLS settings
@@ -27,7 +29,8 @@ import os
 import signal
 import ssl
 import sys
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
@@ -37,9 +40,10 @@ from gunicorn.app.base import BaseApplication
 from ztpki.app import create_app
 from ztpki.assembly import Instance
 from ztpki.config import ConfigError, TlsSettings, load_settings
-from ztpki.maintenance import start_maintenance
+from ztpki.maintenance import run_maintenance
 from ztpki.tls import gunicorn_ssl_context, refresh_client_ca
 from ztpki.transport import make_transport
+from ztpki.worker import handshake_in_handler
 
 log = logging.getLogger("ztpki.server")
 
@@ -62,16 +66,18 @@ class ZtpkiServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         # Without preload_app gunicorn calls this in each worker, after fork.
         instance = Instance.open(self.home)
-        start_maintenance(instance)  # reconciliation and CRLs, off the request path (issue 18)
         return create_app(instance, est_transport=make_transport(instance.settings.est))
 
 
-def _options(host: str, port: int, workers: int, threads: int, access_log: bool, name: str) -> dict[str, Any]:
+def _options(host: str, port: int, workers: int, limits: Limits, access_log: bool, name: str) -> dict[str, Any]:
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "threads": threads,
-        "worker_class": "gthread" if threads > 1 else "sync",
+        "worker_class": "ztpki.worker.ZtpkiWorker",
+        "worker_connections": limits.max_connections,
+        # gevent worker: the bound on waiting for a request's headers, and on
+        # each socket read or write (ztpki/worker.py).
+        "keepalive": limits.client_timeout,
         "accesslog": "-" if access_log else None,
         "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(p)s',  # + <worker pid>
         "errorlog": "-",
@@ -90,34 +96,49 @@ def _tls_options(home: Path, tls: TlsSettings) -> dict[str, Any]:
         "keyfile": str(tls.key_path(home)),
         "ca_certs": str(tls.client_ca_path(home)),
         "cert_reqs": ssl.CERT_OPTIONAL,
-        "ssl_context": gunicorn_ssl_context(home, tls),
+        "ssl_context": handshake_in_handler(gunicorn_ssl_context(home, tls)),
     }
 
 
-def serve(home: Path, *, host: str, port: int, workers: int, threads: int = 1,
+@dataclass(frozen=True)
+class Limits:
+    client_timeout: int
+    max_connections: int
+
+
+def serve(home: Path, *, host: str, port: int, workers: int,
           access_log: bool = False, tls_port: int | None = None,
           on_ready: Callable[[], None] | None = None) -> int:
     """Run until stopped; the exit status. on_ready is called once every
     listener accepts connections."""
     settings = load_settings(home)
+    limits = Limits(settings.client_timeout, settings.max_connections)
     tls = settings.tls
     if tls is not None and tls_port is not None:
         tls = replace(tls, port=tls_port)
-    plain = _options(host, port, workers, threads, access_log, "ztpki")
-    if tls is None:
-        if on_ready is not None:
-            plain["when_ready"] = lambda _arbiter: on_ready()
-        ZtpkiServer(settings.home, plain).run()
-        return 0
-    if tls.port == port:
+    plain = _options(host, port, workers, limits, access_log, "ztpki")
+    if tls is not None and tls.port == port:
         raise ConfigError(f"the HTTPS port {port} is the plain HTTP port too; give [tls] port another")
-    tls.check_files(settings.home)
-    refresh_client_ca(replace(settings, tls=tls))
-    secure = {**_options(host, tls.port, workers, threads, access_log, "ztpki-https"), **_tls_options(settings.home, tls)}
-    return _Supervisor(settings.home, [plain, secure], lambda: refresh_client_ca(replace(settings, tls=tls))).run(on_ready)
+    # Background work (issue 18: reconciliation, the CMP confirm-wait sweep,
+    # CRLs) runs in a process of its own, not in a worker: a gevent worker
+    # would stall every connection while a sweep holds its event loop.
+    keeper = _start_maintenance(settings.home)
+    try:
+        if tls is None:
+            if on_ready is not None:
+                plain["when_ready"] = lambda _arbiter: on_ready()
+            ZtpkiServer(settings.home, plain).run()
+            return 0
+        tls.check_files(settings.home)
+        refresh_client_ca(replace(settings, tls=tls))
+        secure = {**_options(host, tls.port, workers, limits, access_log, "ztpki-https"), **_tls_options(settings.home, tls)}
+        return _Supervisor(settings.home, [plain, secure], lambda: refresh_client_ca(replace(settings, tls=tls))).run(on_ready)
+    finally:
+        _stop_maintenance(keeper)
 
 
-def _run_arbiter(home: Path, options: dict[str, Any], parent: int) -> None:
+def _die_with(parent: int) -> None:
+    """Get SIGTERM when `parent` dies (PR_SET_PDEATHSIG), or exit if it already has."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -125,7 +146,54 @@ def _run_arbiter(home: Path, options: dict[str, Any], parent: int) -> None:
         pass
     if os.getppid() != parent:  # it died before prctl took effect
         sys.exit(1)
+
+
+def _run_arbiter(home: Path, options: dict[str, Any], parent: int) -> None:
+    _die_with(parent)
     ZtpkiServer(home, options).run()
+
+
+def _run_maintenance(home: Path, parent: int) -> None:
+    _die_with(parent)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)  # the terminal's ^C reaches the whole group; serve stops us
+    run_maintenance(home)
+
+
+def _start_maintenance(home: Path) -> int:
+    # A bare fork, not multiprocessing: gunicorn forks its workers from this
+    # process, and multiprocessing's exit handler in each worker would
+    # terminate a "daemon child" it inherited when the worker exits.
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _run_maintenance(home, parent)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0
+        except BaseException:
+            log.exception("the maintenance process failed")
+            code = 1
+        finally:
+            os._exit(code)  # never the parent's atexit handlers
+    return pid
+
+
+def _stop_maintenance(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 class _Supervisor:
