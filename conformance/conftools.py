@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pytest
 
@@ -256,14 +256,29 @@ def instance(tmp_path_factory: pytest.TempPathFactory) -> Instance:
     return init_instance(tmp_path_factory.mktemp("instance") / "home")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def edit_config(inst: Instance, **tables: dict[str, object]) -> None:
+    """Set keys of ztpki.toml tables (the others keep what init wrote)."""
+    import tomli_w
+
+    path = inst.home / "ztpki.toml"
+    config = tomllib.loads(path.read_text())
+    for name, values in tables.items():
+        config.setdefault(name, {}).update(values)
+    path.write_text(tomli_w.dumps(config))
+
+
+def serving(
+    tmp_path_factory: pytest.TempPathFactory, name: str, configure: Callable[[Instance, Path], None] | None = None,
+) -> Iterator[Server]:
+    """The body of a fixture: init an instance, let `configure(inst, base)`
+    prepare it, run `ztpki serve` on it, and stop it (exit 0) afterwards."""
     # The port is chosen before init (it goes into the certificates' URLs), so
     # someone may take it before serve binds it: then start over on another.
     for _attempt in range(3):
-        base = tmp_path_factory.mktemp("served")
+        base = tmp_path_factory.mktemp(name)
         inst = init_instance(base / "home")
-        ztpki("ca", "add", "phones", home=inst.home)  # a second issuing CA behind the same URLs
+        if configure is not None:
+            configure(inst, base)
         server = Server(inst, base / "serve.log")
         if server.start():
             break
@@ -274,6 +289,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         code = server.stop()
         assert code == 0, f"ztpki serve exited {code} on SIGTERM; its log:\n{server.log()}"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    def second_ca(inst: Instance, _base: Path) -> None:
+        ztpki("ca", "add", "phones", home=inst.home)  # a second issuing CA behind the same URLs
+
+    yield from serving(tmp_path_factory, "served", second_ca)
 
 
 @pytest.fixture

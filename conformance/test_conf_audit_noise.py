@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from conftools import Server, init_instance, openssl_csr, run, ztpki
+from conftools import Server, openssl_csr, run, serving, ztpki
 from conftools import workdir  # noqa: F401  (fixture)
 
 FLOOD = 150  # requests of each kind, from one source
@@ -37,17 +37,7 @@ TIME_LIMIT = 120.0  # seconds for the whole flood, whatever the machine
 
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    for _attempt in range(3):
-        base = tmp_path_factory.mktemp("noisy")
-        server = Server(init_instance(base / "home"), base / "serve.log")
-        if server.start():
-            break
-    else:
-        pytest.fail(f"no free port for ztpki serve after 3 tries; last log:\n{server.log()}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(tmp_path_factory, "noisy")
 
 
 def _table_bytes(db: Path, table: str) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftools import Server, init_instance, ztpki
+from conftools import Instance, Server, edit_config, serving, ztpki
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from protocols.cmp import codec, der  # noqa: E402
@@ -46,24 +46,11 @@ WINDOW = 4  # [cmp] mac_failure_window_seconds here
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    for _attempt in range(3):
-        base = tmp_path_factory.mktemp("served-cost")
-        inst = init_instance(base / "home")
-        config = inst.home / "ztpki.toml"
-        text = config.read_text()
+    def tighter(inst: Instance, _base: Path) -> None:
         # init writes the [cmp] throttle keys with their defaults; tighter here.
-        text = text.replace("mac_failures_per_kid = 10", "mac_failures_per_kid = 3")
-        text = text.replace("mac_failure_window_seconds = 300", f"mac_failure_window_seconds = {WINDOW}")
-        config.write_text(text)
-        server = Server(inst, base / "serve.log")
-        if server.start():
-            break
-    else:
-        pytest.fail(f"no free port for ztpki serve after 3 tries; last log:\n{server.log()}")
-    try:
-        yield server
-    finally:
-        server.stop()
+        edit_config(inst, cmp={"mac_failures_per_kid": 3, "mac_failure_window_seconds": WINDOW})
+
+    yield from serving(tmp_path_factory, "served-cost", tighter)
 
 
 def post(server: Server, message: bytes, path: str = "/.well-known/cmp") -> tuple[int, bytes]:

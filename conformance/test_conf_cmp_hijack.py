@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftools import Server, init_instance, run, ztpki
+from conftools import Instance, Server, edit_config, run, serving, ztpki
 from protocols.cmp.bodies import FailInfo, PkiStatus
 from protocols.cmp.client import (
     BODY_IR,
@@ -42,21 +42,20 @@ SWEEP = 2  # [maintenance] interval_seconds: each worker sweeps every 1-2 s
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    for _attempt in range(3):
-        base = tmp_path_factory.mktemp("hijack")
-        inst = init_instance(base / "home")
-        config = inst.home / "ztpki.toml"
-        text = config.read_text().replace("confirm_wait_seconds = 600", f"confirm_wait_seconds = {CONFIRM_WAIT}")
-        config.write_text(text.replace("[maintenance]\ninterval_seconds = 60", f"[maintenance]\ninterval_seconds = {SWEEP}"))
-        server = Server(inst, base / "serve.log")
-        if server.start():
-            break
-    else:
-        pytest.fail("no free port for ztpki serve after 3 tries")
-    try:
-        yield server
-    finally:
-        server.stop()
+    def quick(inst: Instance, _base: Path) -> None:
+        edit_config(inst, cmp={"confirm_wait_seconds": CONFIRM_WAIT}, maintenance={"interval_seconds": SWEEP})
+
+    yield from serving(tmp_path_factory, "hijack", quick)
+
+
+def mac_device(server: Server, serial: str, tmp_path: Path) -> MacCredential:
+    """A registered device and a MAC credential for it (the CLI, as an operator would)."""
+    records = tmp_path / f"{serial}.csv"
+    records.write_text(f"serial,vendor,profile\n{serial},,enb\n")
+    ztpki("devices", "import", records, home=server.inst.home)
+    out = ztpki("credentials", "create", "--device", serial, "--kind", "mac", "--json", home=server.inst.home).stdout
+    created = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    return MacCredential(created["reference"], created["secret"].encode())
 
 
 def self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
@@ -89,12 +88,7 @@ def audit(server: Server) -> list[dict[str, object]]:
 
 def test_attacker_replaying_the_victims_transaction_is_refused_and_revokes_nothing(server: Server, tmp_path: Path) -> None:
     url = f"{server.url}/.well-known/cmp"
-    records = tmp_path / "devices.csv"
-    records.write_text("serial,vendor,profile\nVICTIM-1,,enb\n")
-    ztpki("devices", "import", records, home=server.inst.home)
-    out = ztpki("credentials", "create", "--device", "VICTIM-1", "--kind", "mac", "--json", home=server.inst.home).stdout
-    created = json.loads(out[out.index("{") : out.rindex("}") + 1])
-    victim = MacCredential(created["reference"], created["secret"].encode())
+    victim = mac_device(server, "VICTIM-1", tmp_path)
 
     # The victim enrols and confirms.
     victim_key = ec.generate_private_key(ec.SECP256R1())
@@ -143,12 +137,7 @@ def test_with_no_cmp_traffic_an_unconfirmed_certificate_is_revoked_after_the_wai
     device's request; the revocation reaches OCSP and the served CRL and is
     audited."""
     url = f"{server.url}/.well-known/cmp"
-    records = tmp_path / "devices.csv"
-    records.write_text("serial,vendor,profile\nSILENT-1,,enb\n")
-    ztpki("devices", "import", records, home=server.inst.home)
-    out = ztpki("credentials", "create", "--device", "SILENT-1", "--kind", "mac", "--json", home=server.inst.home).stdout
-    created = json.loads(out[out.index("{") : out.rindex("}") + 1])
-    device = MacCredential(created["reference"], created["secret"].encode())
+    device = mac_device(server, "SILENT-1", tmp_path)
     started = time.monotonic()
     _, request = cert_request(device, ec.generate_private_key(ec.SECP256R1()))
     certificate = x509.load_der_x509_certificate(issued_certificate(post(url, request)))

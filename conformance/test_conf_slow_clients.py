@@ -20,19 +20,17 @@ import socket
 import ssl
 import threading
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from conftools import Server, free_port, init_instance, run, ztpki
+from conftools import Instance, Server, edit_config, free_port, run, serving, ztpki
 from test_conf_cmp import mac_credential, mac_ir, register
 
 IDLE_PER_PORT = 200
@@ -42,29 +40,20 @@ CLIENT_TIMEOUT = 3  # [serve] client_timeout of this instance, seconds
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int]]:
-    for _attempt in range(3):
-        base = tmp_path_factory.mktemp("slow")
-        inst = init_instance(base / "home")
-        tls_port = free_port()
+    ports: dict[str, int] = {}
+
+    def with_tls(inst: Instance, base: Path) -> None:
+        ports["tls"] = free_port()
         key, csr, cert = inst.home / "tls.key", base / "tls.csr", inst.home / "tls.pem"
         run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", key, "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-out", csr])
         key.chmod(0o600)
         ztpki("issue", "--csr", csr, "--profile", "server", "--out", cert, home=inst.home)
-        config = tomllib.loads((inst.home / "ztpki.toml").read_text())
-        config["tls"] = {"certificate": "tls.pem", "key": "tls.key", "port": tls_port}
-        config["serve"]["client_timeout"] = CLIENT_TIMEOUT
-        (inst.home / "ztpki.toml").write_text(tomli_w.dumps(config))
-        served = Server(inst, base / "serve.log")
-        if served.start():
-            break
-    else:
-        pytest.fail(f"no free port for ztpki serve after 3 tries; last log:\n{served.log()}")
-    try:
-        yield served, tls_port
-    finally:
-        code = served.stop()
-        assert code == 0, f"ztpki serve exited {code} on SIGTERM; its log:\n{served.log()}"
+        edit_config(inst, tls={"certificate": "tls.pem", "key": "tls.key", "port": ports["tls"]},
+                    serve={"client_timeout": CLIENT_TIMEOUT})
+
+    for served in serving(tmp_path_factory, "slow", with_tls):
+        yield served, ports["tls"]
 
 
 def _tls_client(served: Server) -> ssl.SSLContext:

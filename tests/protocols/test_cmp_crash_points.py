@@ -16,7 +16,6 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography import x509
@@ -27,10 +26,9 @@ from ca.db import CRASH_ENV, CRASH_EXIT_CODE
 from ra.schema import cmp_transactions
 from ztpki.assembly import Instance
 from ztpki.maintenance import run_once, tasks_for
-from ztpki.setup_instance import init_instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ca"))
-from test_crash_points import _ocsp_status  # noqa: E402
+from test_crash_points import _ocsp_status, home  # noqa: E402, F401  (home: the SQLite/PostgreSQL fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,20 +75,6 @@ SCENARIOS = [
     "cmp.revoked",  # the sweep: revoked, audit record not yet written
     "revoke.marked",  # the sweep's revocation marked, CRL stale
 ]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def home(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    database = None
-    if request.param == "postgres":
-        cluster = request.getfixturevalue("postgres_cluster")
-        name = f"ztpki_cmpcrash_{uuid.uuid4().hex[:12]}"
-        database = cluster.create_database(name)
-    home = tmp_path / "home"
-    init_instance(home, database=database).close()
-    yield home
-    if database is not None:
-        cluster.drop_database(name)
 
 
 def _credentials(home: Path) -> list[tuple[str, str]]:
