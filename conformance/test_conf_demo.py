@@ -228,6 +228,26 @@ def printed_est_commands(printed: str) -> list[str]:
     return [line for line in (raw.strip() for raw in joined.splitlines()) if line.startswith(starts)]
 
 
+def test_printed_strongswan_commands_run_as_printed(demo: Demo) -> None:
+    """Issue 11: the printed pki lines work as printed, and pki trusts what it
+    was issued (it needs the issuing CA among its --cacert files)."""
+    section = demo.printed[demo.printed.index("strongSwan 5.9 pki"):demo.printed.index('demo.json "est" names')]
+    commands = [line.strip() for line in section.splitlines() if line.strip().startswith(("pki ", "openssl "))]
+    assert sum(c.startswith("pki --est ") for c in commands) == 2
+    for command in commands:
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert "not trusted" not in proc.stderr, (command, proc.stderr[-2000:])
+
+
+def test_the_printed_story_of_a_pending_request_matches_the_server(demo: Demo) -> None:
+    """Issue 11: the printed wait is the Retry-After the server sends."""
+    seconds = demo.info["est"]["retry_after_seconds"]
+    assert f"Retry-After: {seconds}" in demo.printed and f"sleep {seconds};" in demo.printed
+    for heading in ("== [1] Admin", "== [2] CMP", "== [3] EST"):
+        assert demo.printed.count(heading) == 1
+
+
 def test_demo_json_describes_est(demo: Demo) -> None:
     info, est = demo.info, demo.info["est"]
     assert info["est_url"] == f"https://127.0.0.1:{demo.port + 1}/.well-known/est"
@@ -249,7 +269,10 @@ def test_printed_est_commands_run_as_printed(demo: Demo) -> None:
         if "%{http_code}" in command:
             codes.append(proc.stdout.strip())
         if " -i " in command:
-            assert re.match(r"HTTP/\S+ 202", proc.stdout) and "retry-after" in proc.stdout.lower(), out
+            assert re.match(r"HTTP/\S+ 202", proc.stdout), out
+            # The wait printed beside it is the one the server asks for (issue 11).
+            seconds = demo.info["est"]["retry_after_seconds"]
+            assert re.search(rf"^retry-after: {seconds}$", proc.stdout.lower(), re.M), out
         if command.startswith("openssl verify"):
             assert proc.stdout.strip().endswith("OK"), out
         demo.assert_alive()

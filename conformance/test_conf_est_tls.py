@@ -431,6 +431,10 @@ def pki(*args: object) -> str:
     """strongSwan 5.9's pki; its --url is the server: it appends /.well-known/est/<operation>."""
     proc = run(["pki", *args], check=False, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # pki --est checks the issued certificate against its --cacert files: it
+    # needs the issuing CA beside the root, else "Issued certificate is not
+    # trusted" although the certificate is fine (issue 11).
+    assert "not trusted" not in proc.stderr + proc.stdout, proc.stderr
     return proc.stdout
 
 
@@ -443,14 +447,15 @@ def test_strongswan_pki_estca_and_est_with_userpass_then_client_certificate(setu
     (workdir / "k.pem").write_text(pki("--gen", "--type", "ecdsa", "--size", "256", "--outform", "pem"))
     (workdir / "r.pem").write_text(pki("--req", "--in", workdir / "k.pem", "--type", "ecdsa", "--dn", "CN=pki", "--outform", "pem"))
     issued = workdir / "pki.pem"
-    issued.write_text(pki("--est", "--url", server, "--cacert", setup.inst.root_pem, "--userpass",
+    cacerts = ("--cacert", setup.inst.root_pem, "--cacert", setup.inst.issuing_pem)
+    issued.write_text(pki("--est", "--url", server, *cacerts, "--userpass",
                           f"{user}:{password}", "--in", workdir / "r.pem", "--outform", "pem"))
     assert "UCPE-PW" in verify(setup, issued)
     # Renewal: pki authenticates TLS with the current certificate and key.
     (workdir / "k2.pem").write_text(pki("--gen", "--type", "ecdsa", "--size", "256", "--outform", "pem"))
     run(["openssl", "x509", "-x509toreq", "-in", issued, "-signkey", workdir / "k2.pem", "-out", workdir / "r2.pem"])
     renewed = workdir / "pki2.pem"
-    renewed.write_text(pki("--est", "--url", server, "--cacert", setup.inst.root_pem, "--cert", issued,
+    renewed.write_text(pki("--est", "--url", server, *cacerts, "--cert", issued,
                            "--key", workdir / "k.pem", "--in", workdir / "r2.pem", "--outform", "pem"))
     assert "UCPE-PW" in verify(setup, renewed)
 

@@ -28,7 +28,9 @@ from ra.admin import block_device
 from vendor_trust.credentials import BadCredential
 from ztpki.assembly import Instance
 from ztpki.config import CONFIG_NAME
-from ztpki.demo_est import AutoApprover, ensure_approval_profile, ensure_tls, est_instructions, prepare_est
+from ztpki.demo_est import (
+    AutoApprover, ensure_approval_profile, ensure_demo_polling, ensure_tls, est_instructions, prepare_est,
+)
 from ztpki.setup_instance import init_instance
 
 VENDOR = "demo-vendor"
@@ -251,6 +253,7 @@ def prepare_demo(directory: Path, *, port: int, tls_port: int | None = None) -> 
     if not (directory / CONFIG_NAME).exists():
         init_instance(directory, port=port, organization="ztpki demo").close()
     ensure_approval_profile(directory)  # before the instance reads its profiles
+    ensure_demo_polling(directory)
     instance = Instance.open(directory)
     try:
         settings = instance.settings
@@ -365,6 +368,13 @@ def instructions(info: dict[str, Any]) -> str:
 ztpki demo PKI is serving on {info['base_url']} and {info['est_url'].split('/.well-known')[0]}   (Ctrl-C stops it)
 Instance: {home}     demo.json: {home}/demo.json
 
+Below, each part starts with its heading; jump to the protocol you came for:
+  [1] Admin: issue from a CSR, OCSP, revoke, CRL     (ztpki CLI, openssl)
+  [2] CMP for eNBs and small cells                   (openssl cmp; 3GPP TS 33.310)
+  [3] EST for uCPE routers                           (curl + openssl, strongSwan pki)
+
+== [1] Admin: issue from a CSR, OCSP, revoke, CRL ==
+
 Issue a certificate from a CSR made by openssl:
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /tmp/srv.key \\
       -subj "/O=Example/CN=gw1.example.net" -out /tmp/srv.csr
@@ -384,7 +394,11 @@ Fetch and check the CRL:
   curl -s {info['crl_url']} -o /tmp/issuing.crl && openssl crl -inform DER -in /tmp/issuing.crl -CAfile {info['issuing_ca']} -noout
 
 CA certificates: {info['base_url']}/ca/root.cer  {info['base_url']}/ca/issuing.cer
-{cmp_instructions(info)}{est_instructions(info)}"""
+
+== [2] CMP for eNBs and small cells ==
+{cmp_instructions(info)}
+== [3] EST for uCPE routers ==
+{est_instructions(info)}"""
 
 
 def run_demo(directory: Path, *, port: int, tls_port: int | None = None, serve: bool = True) -> None:

@@ -47,6 +47,10 @@ EST_DEVICE = "DEMO-UCPE-0001"  # the reusable password credential's device
 EXTRA_EST_DEVICES = tuple(f"DEMO-UCPE-{n:04d}" for n in range(2, 26))  # one-time passwords
 APPROVAL_DEVICE = "DEMO-UCPE-APPROVAL"
 AUTO_APPROVE_SECONDS = 2
+# What a pending client hears (202 Retry-After, CMP checkAfter): the demo's
+# instance says 5 s instead of the production default of 30 ([ra]
+# poll_interval_seconds), so the printed wait matches what the server says.
+DEMO_POLL_SECONDS = 5
 RENEW_BEFORE = timedelta(days=30)
 
 
@@ -136,6 +140,16 @@ def _password(credentials: Credentials, serial: str, previous: Any, *, one_time:
     return {"user": user, "password": password}
 
 
+def ensure_demo_polling(home: Path) -> None:
+    """[ra] poll_interval_seconds = DEMO_POLL_SECONDS in the demo's ztpki.toml
+    (only while it still has the production default)."""
+    from ztpki.config import RaSettings, load_settings
+
+    settings = load_settings(home)
+    if settings.ra.poll_interval_seconds == RaSettings().poll_interval_seconds:
+        write_settings(replace(settings, ra=replace(settings.ra, poll_interval_seconds=DEMO_POLL_SECONDS)))
+
+
 def prepare_est(instance: Instance, tls: TlsSettings, previous: dict[str, Any], device: dict[str, str]) -> dict[str, Any]:
     """What demo.json says about EST; `device` is a registered vendor device (IDevID)."""
     found = previous.get("est")
@@ -164,6 +178,7 @@ def prepare_est(instance: Instance, tls: TlsSettings, previous: dict[str, Any], 
             "pending_url": f"{url}/{APPROVAL_PROFILE}",
             "pending_credential": pending,
             "auto_approve_seconds": AUTO_APPROVE_SECONDS,
+            "retry_after_seconds": instance.settings.ra.poll_interval_seconds,
         },
     }
 
@@ -257,20 +272,22 @@ Refused: no credentials (401), a wrong password (401), a blocked device (403):
   {curl} -o /dev/null -w '%{{http_code}}\\n' --user {est['user']}:wrong {post} @{t}/est.csr {url}/simpleenroll
   {curl} -o /dev/null -w '%{{http_code}}\\n' --cert {blocked['cert']} --key {blocked['key']} {post} @{t}/est.csr {url}/simpleenroll
 
-Waiting for approval: 202 with Retry-After, then the same request again gets the certificate
-(the demo approves after {est['auto_approve_seconds']} s with `ztpki requests approve ID`, as an administrator would):
+Waiting for approval: 202 with Retry-After: {est['retry_after_seconds']}; the same request sent again after that gets the
+certificate (the demo approves after {est['auto_approve_seconds']} s with `ztpki requests approve ID`, as an administrator would;
+the demo's [ra] poll_interval_seconds is {est['retry_after_seconds']}, the production default 30):
   {csr} -keyout {t}/wait.key -subj "/CN=approval" -outform DER | openssl base64 > {t}/wait.csr
   {curl} -i --user {pending['user']}:{pending['password']} {post} @{t}/wait.csr {est['pending_url']}/simpleenroll
-  sleep 10; {curl} --user {pending['user']}:{pending['password']} {post} @{t}/wait.csr {est['pending_url']}/simpleenroll | {p7}
+  sleep {est['retry_after_seconds']}; {curl} --user {pending['user']}:{pending['password']} {post} @{t}/wait.csr {est['pending_url']}/simpleenroll | {p7}
 
-strongSwan 5.9 pki (one-time credential {extra['user']}; pki --est polls a 202 every --interval):
+strongSwan 5.9 pki (one-time credential {extra['user']}; pki --est polls a 202 every --interval;
+it checks the issued certificate against its --cacert files, so it gets the issuing CA too):
   pki --estca --url {server} --cacert {ca} --caout {t}/pki-ca.pem --outform pem --force
   pki --gen --type ecdsa --size 256 --outform pem > {t}/pki.key
   pki --req --in {t}/pki.key --type ecdsa --dn "CN=pki" --outform pem > {t}/pki.csr
-  pki --est --url {server} --cacert {ca} --userpass {extra['user']}:{extra['password']} --in {t}/pki.csr --outform pem > {t}/pki.pem
+  pki --est --url {server} --cacert {ca} --cacert {info['issuing_ca']} --userpass {extra['user']}:{extra['password']} --in {t}/pki.csr --outform pem > {t}/pki.pem
   pki --gen --type ecdsa --size 256 --outform pem > {t}/pki2.key
   openssl x509 -x509toreq -in {t}/pki.pem -signkey {t}/pki2.key -out {t}/pki2.csr
-  pki --est --url {server} --cacert {ca} --cert {t}/pki.pem --key {t}/pki.key --in {t}/pki2.csr --outform pem > {t}/pki2.pem
+  pki --est --url {server} --cacert {ca} --cacert {info['issuing_ca']} --cert {t}/pki.pem --key {t}/pki.key --in {t}/pki2.csr --outform pem > {t}/pki2.pem
 
 demo.json "est" names {len(est['extra_credentials'])} more one-time credentials (one enrolment each), the IDevID
 above with its chain, and pending_url with its own credential.
@@ -278,5 +295,5 @@ above with its chain, and pending_url with its own credential.
 
 
 __all__ = [
-    "AutoApprover", "ensure_approval_profile", "ensure_tls", "est_instructions", "prepare_est",
+    "AutoApprover", "ensure_approval_profile", "ensure_demo_polling", "ensure_tls", "est_instructions", "prepare_est",
 ]
