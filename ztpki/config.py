@@ -363,12 +363,13 @@ class MaintenanceSettings:
 
     interval_seconds: int = 60  # between sweeps (each worker sweeps at 0.5-1x this)
     # A certificate row still 'signing' this long after its reservation is
-    # revoked as possibly issued; at least the worker timeout, so no live
-    # request is still signing it.
+    # revoked as possibly issued. Longer than any live signing takes: should
+    # a live request still finish after it, its certificate is stored on the
+    # revoked row and never delivered (ca/reconcile.py).
     signing_bound_seconds: int = 60
 
 
-_MAINTENANCE_BOUNDS = {"interval_seconds": (1, 3600), "signing_bound_seconds": (60, 86_400)}
+_MAINTENANCE_BOUNDS = {"interval_seconds": (1, 3600), "signing_bound_seconds": (5, 86_400)}
 
 
 def _maintenance_settings(section: dict[str, Any]) -> MaintenanceSettings:
