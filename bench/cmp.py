@@ -38,7 +38,7 @@ token's raw EC P-256 signing rate in one process (bench/issuance.py's "raw
 token sign": KeySigner.sign of a real TBSCertificate).
 
 --profile: with the server stopped, M enrolments through
-ztpki.app.cmp_server_for(instance).handle(bytes) in-process (lint off): a
+ztpki.http.cmp.cmp_server_for(instance).handle(bytes) in-process (lint off): a
 per-step breakdown (decode, protection verify, core decide, issue, reply
 protection, certConf, store), then cProfile of the handle() calls only, top
 functions by cumulative and by own time.
@@ -368,7 +368,7 @@ def _free_port() -> int:
 def _open_instance(home: Path, fast_writes: bool = False) -> Any:
     """The instance; fast_writes: SQLite synchronous NORMAL for this process's
     setup writes only (the server keeps what ztpki.toml says)."""
-    from ztpki.assembly import Instance
+    from ztpki.instance import Instance
     from ztpki.config import load_settings
 
     settings = load_settings(home)
@@ -421,7 +421,7 @@ def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from protocols.cmp import client
-    from ztpki.app import cmp_server_for
+    from ztpki.http.cmp import cmp_server_for
 
     instance = _open_instance(home)
     try:

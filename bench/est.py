@@ -8,12 +8,12 @@ Makes a throwaway instance (ztpki.setup_instance.init_instance: its own
 SoftHSM2 token, EC P-256 CA, SQLite), with:
 
 - [tls]: a server certificate for IP 127.0.0.1 issued by the instance's CA
-  (ztpki.demo_est.ensure_tls, as `ztpki demo` does);
+  (ztpki.demo.est.ensure_tls, as `ztpki demo` does);
 - [ra] global_limit raised (the default 200 requests/s would cap the run);
-- a vendor PKI (ztpki.demo._VendorPki, root → device CA → IDevIDs) whose
+- a vendor PKI (ztpki.demo.vendor.VendorPki, root → device CA → IDevIDs) whose
   root the instance trusts, so `serve` puts it in the TLS client CA bundle;
 - devices of profile `ucpe` (the profile EST stands for,
-  ztpki.est_wiring.DEFAULT_EST_PROFILE; the unlabelled path routes to the
+  ztpki.http.est.DEFAULT_EST_PROFILE; the unlabelled path routes to the
   device's profile), imported as `ztpki devices import` does. Each device
   enrols once (the per-device rate limit stays as configured).
 
@@ -362,9 +362,9 @@ def register_basic(home: Path, workdir: Path, clients: int, per_client: int, tag
 def register_tls(home: Path, workdir: Path, clients: int, per_client: int, tag: str) -> list[dict[str, Any]]:
     """Per client: per_client devices of the trusted vendor, each with its IDevID
     (files: certificate + device CA + root, key)."""
-    from ztpki.demo import VENDOR, _VendorPki
+    from ztpki.demo.vendor import VENDOR, VendorPki
 
-    vendor = _VendorPki(workdir / VENDOR_DIR, "Bench Devices")
+    vendor = VendorPki(workdir / VENDOR_DIR, "Bench Devices")
     instance = _open_instance(home, fast_writes=True)
     try:
         pools = []
@@ -386,13 +386,13 @@ def prepare(home: Path, workdir: Path) -> dict[str, Any]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from ztpki.config import load_settings, write_settings
-    from ztpki.demo import _trust, _VendorPki
-    from ztpki.demo_est import ensure_tls
+    from ztpki.demo.vendor import VendorPki, trust_vendor
+    from ztpki.demo.est import ensure_tls
 
     instance = _open_instance(home)
     try:
         tls = ensure_tls(instance, home, _free_port())
-        _trust(instance, _VendorPki(workdir / VENDOR_DIR, "Bench Devices").root)
+        trust_vendor(instance, VendorPki(workdir / VENDOR_DIR, "Bench Devices").root)
         chain = instance.cas.authority().chain
     finally:
         instance.close()
@@ -479,7 +479,7 @@ def in_process(home: Path, mode: str, pool: dict[str, Any], steps: Any = None, c
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from protocols.est.server import EstRequest
-    from ztpki.est_wiring import est_server_for
+    from ztpki.http.est import est_server_for
 
     instance = _open_instance(home)
     try:
@@ -576,7 +576,7 @@ def _instrument(instance: Any, steps: Any) -> None:
                               (core.registry, "get", "registry"), (core.audit, "append", "audit"),
                               (instance.cas, "issue", "issue"), (instance.credentials, "check_password", "check_password")):
         setattr(owner, name, steps.wrap(step, getattr(owner, name)))
-    # The unit of work's commit (ca.db.unit_of_work, looked up by est_wiring at call time).
+    # The unit of work's commit (ca.db.unit_of_work, looked up by ztpki/http/est.py at call time).
     from ca import db
 
     unit = db.unit_of_work

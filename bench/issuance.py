@@ -72,7 +72,7 @@ GOAL_PER_CORE = 1500  # certificates/s per core, EC P-256 CA key, lint off (the 
 
 
 def _open_instance(spec: dict[str, Any]) -> Any:
-    from ztpki.assembly import Instance
+    from ztpki.instance import Instance
     from ztpki.config import load_settings
 
     settings = load_settings(Path(spec["home"]))

@@ -354,8 +354,8 @@ def profile(args: argparse.Namespace) -> int:
     from cryptography.x509 import ocsp as x509_ocsp
 
     from hsm.token import KeySigner
-    from ztpki.app import create_app
-    from ztpki.assembly import Instance
+    from ztpki.http.app import create_app
+    from ztpki.instance import Instance
 
     out = Path(args.out)
     instance = Instance.open(Path(args.home))

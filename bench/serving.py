@@ -44,7 +44,7 @@ def candidates(port: int) -> dict[str, list[str]]:
         "gunicorn sync": gunicorn + ["trivial:app"],
         "gunicorn gthread (4 threads)": gunicorn + ["--threads", "4", "trivial:app"],
         "gunicorn gevent": gunicorn + ["-k", "gevent", "trivial:app"],
-        "gunicorn ztpki.worker (gevent, bounded)": gunicorn + ["-k", "ztpki.worker.ZtpkiWorker", "--keep-alive", "10", "trivial:app"],
+        "gunicorn ztpki.http.worker (gevent, bounded)": gunicorn + ["-k", "ztpki.http.worker.ZtpkiWorker", "--keep-alive", "10", "trivial:app"],
         "granian WSGI": [str(BIN / "granian"), "--interface", "wsgi", "--workers", "2", "--host", "127.0.0.1",
                          "--port", str(port), "--log-level", "error", "trivial:app"],
     }

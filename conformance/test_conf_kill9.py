@@ -26,7 +26,7 @@ from sqlalchemy import select
 from conftools import Server, edit_config, init_instance, ztpki
 from protocols.cmp.client import MacCredential, cert_conf, cert_request, issued_certificate, post
 from ra.schema import cmp_transactions
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 
 CONFIRM_WAIT = 10
 SWEEP = 2

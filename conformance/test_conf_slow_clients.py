@@ -227,7 +227,7 @@ def test_est_gets_this_tls_sessions_tls_unique(server: tuple[Server, int], tmp_p
     assert _est_enrol_over_tls12(served, tls_port, user, password, b"\x01" * 12) == 403
     assert _est_enrol_over_tls12(served, tls_port, user, password, None) == 200
     # The issuance's PKCS#11 signature left no OpenSSL error for a later TLS
-    # read to report (ztpki/worker.py, _ClearsOpensslErrors).
+    # read to report (ztpki/http/worker.py, _ClearsOpensslErrors).
     time.sleep(0.5)
     assert "_ssl.c" not in served.log(), served.log()
 

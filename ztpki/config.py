@@ -249,7 +249,7 @@ class Settings:
     port: int = DEFAULT_PORT
     workers: int = 2
     # Per client: the wait for its request headers (or its next request on a
-    # kept-alive connection) and for each socket read or write (ztpki/worker.py).
+    # kept-alive connection) and for each socket read or write (ztpki/http/worker.py).
     client_timeout: int = 10
     max_connections: int = 1000  # per worker process
     sqlite_synchronous: str = "FULL"

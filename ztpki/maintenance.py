@@ -1,7 +1,7 @@
 """Background work, off the request path, in one place (issue 18).
 
 `ztpki serve`, on every node, runs one process beside its listeners
-(ztpki/server.py) that sweeps at start (start-up reconciliation after a crash) and then once
+(ztpki/http/server.py) that sweeps at start (start-up reconciliation after a crash) and then once
 per interval: rows left 'signing' are revoked as possibly issued, CMP
 certificates whose certConf never came are revoked (and transactions a dead
 worker left open are closed), stale or
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ca.reconcile import DEFAULT_SIGNING_BOUND, reconcile_crls, reconcile_signing
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 
 log = logging.getLogger("ztpki.maintenance")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ca import hierarchy
 from ca.profiles import DEFAULT_PROFILES_PATH
 from hsm import KeyType, ensure_softhsm_token
-from ztpki.assembly import SECRETS_KEY_LABEL, Instance
+from ztpki.instance import SECRETS_KEY_LABEL, Instance
 from ztpki.config import (
     CONFIG_NAME,
     DEFAULT_PORT,

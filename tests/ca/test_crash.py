@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from ca.template import IssuanceOrder
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 
 instance = Instance.open(Path(sys.argv[1]))
 keys = [ec.generate_private_key(ec.SECP256R1()).public_key() for _ in range(20)]

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from ca.db import CRASH_ENV, CRASH_EXIT_CODE
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 from ztpki.maintenance import run_once, tasks_for
 from ztpki.setup_instance import init_instance
 
@@ -42,7 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from ca.reconcile import reconcile_signing
 from ca.template import IssuanceOrder
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 
 instance = Instance.open(Path(sys.argv[1]))
 reconcile_signing(instance.revocations, timedelta(0))

@@ -25,7 +25,7 @@ from ca.protection_identity import (
 from ca.store import Store
 from ca.template import IssuanceOrder
 from hsm import KeyType, Token
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 from ztpki.setup_instance import init_instance
 
 

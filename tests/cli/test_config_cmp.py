@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from clihelpers import assert_user_error, cli
 from clihelpers import home  # noqa: F401  (fixture)
 from protocols.cmp import macs
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 from ztpki.config import CmpSettings, ConfigError, Settings, TokenSettings, load_settings, write_settings
 
 

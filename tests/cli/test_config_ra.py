@@ -50,7 +50,7 @@ def test_the_core_gets_the_configured_limits(tmp_path: Path) -> None:
     (world.instance.settings.home / CONFIG_NAME).write_text(
         text.replace("global_limit = 200", "global_limit = 7"), encoding="utf-8"
     )
-    from ztpki.assembly import Instance
+    from ztpki.instance import Instance
 
     other = Instance.open(world.instance.settings.home)
     try:

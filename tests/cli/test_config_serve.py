@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ztpki.config import CONFIG_NAME, ConfigError, load_settings
-from ztpki.server import Limits, _options
+from ztpki.http.server import Limits, _options
 
 
 def _home(tmp_path: Path, serve_table: str) -> Path:
@@ -30,7 +30,7 @@ def test_configured_values_reach_gunicorn(tmp_path: Path) -> None:
     settings = load_settings(_home(tmp_path, "[serve]\nclient_timeout = 4\nmax_connections = 50\n"))
     options = _options("127.0.0.1", 8080, 2, Limits(settings.client_timeout, settings.max_connections), False, "ztpki")
     assert options["keepalive"] == 4 and options["worker_connections"] == 50
-    assert options["worker_class"] == "ztpki.worker.ZtpkiWorker"
+    assert options["worker_class"] == "ztpki.http.worker.ZtpkiWorker"
 
 
 @pytest.mark.parametrize("table, message", [

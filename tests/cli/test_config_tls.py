@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from clihelpers import home  # noqa: F401  (fixture)
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 from ztpki.config import ConfigError, EstSettings, TlsSettings, load_settings
-from ztpki.tls import refresh_client_ca
+from ztpki.http.tls import refresh_client_ca
 
 
 def self_signed(name: str, *, ca: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

@@ -1,4 +1,4 @@
-"""ztpki/transport.py and ztpki/tls.py: the client chain and tls-unique of a
+"""ztpki/http/transport.py and ztpki/http/tls.py: the client chain and tls-unique of a
 request, from ztpki's own TLS (real handshakes over a socket pair) or from a
 trusted proxy's header (a test-only Flask app with a fake peer address)."""
 
@@ -23,8 +23,8 @@ from flask import Flask, request
 
 from protocols.est.http import TransportFacts
 from ztpki.config import EstSettings, TlsSettings
-from ztpki.tls import peer_chain_der, server_context
-from ztpki.transport import (
+from ztpki.http.tls import peer_chain_der, server_context
+from ztpki.http.transport import (
     MAX_CERTIFICATES,
     MAX_HEADER_CHARS,
     BadCertificateHeader,
@@ -174,7 +174,7 @@ def test_a_tls_client_without_certificate_has_no_chain_but_tls_unique(
 def test_a_client_certificate_outside_the_bundle_fails_the_handshake(
     tls_home: tuple[Path, TlsSettings], pki: dict[str, Pair], tmp_path: Path
 ) -> None:
-    # Python's ssl cannot ask for a certificate without verifying it (module docstring of ztpki/tls.py).
+    # Python's ssl cannot ask for a certificate without verifying it (module docstring of ztpki/http/tls.py).
     home, tls = tls_home
     with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         for _sock in _handshake(home, tls, tmp_path, [pki["stranger"][0]], pki["stranger"][1], ssl.TLSVersion.TLSv1_2):

@@ -70,7 +70,7 @@ from protocols.cmp.protection import (
     verify_signature_protection,
 )
 from protocols.cmp.server import CONTENT_TYPE, CmpServer
-from ztpki.app import cmp_server_for
+from ztpki.http.cmp import cmp_server_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))
 from corehelpers import World, make_world

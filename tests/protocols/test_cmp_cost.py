@@ -25,7 +25,7 @@ from protocols.cmp.general import ID_IT_CA_CERTS, ID_IT_ROOT_CA_KEY_UPDATE, MAX_
 from protocols.cmp.header import encode_header
 from protocols.cmp.server import CONTENT_TYPE, CmpServer
 from ra.ratelimit import RateLimiter
-from ztpki.app import MacFailures, cmp_server_for
+from ztpki.http.cmp import MacFailures, cmp_server_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))
 from corehelpers import World, make_world

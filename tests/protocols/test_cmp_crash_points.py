@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from ca.db import CRASH_ENV, CRASH_EXIT_CODE
 from ra.schema import cmp_transactions
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 from ztpki.maintenance import run_once, tasks_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ca"))
@@ -45,8 +45,8 @@ from sqlalchemy import update
 from protocols.cmp import codec
 from protocols.cmp.client import MacCredential, cert_conf, cert_request, issued_certificate
 from ra.schema import cmp_transactions
-from ztpki.app import cmp_server_for
-from ztpki.assembly import Instance
+from ztpki.http.cmp import cmp_server_for
+from ztpki.instance import Instance
 
 instance = Instance.open(Path(sys.argv[1]))
 server = cmp_server_for(instance)

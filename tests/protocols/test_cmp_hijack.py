@@ -36,7 +36,7 @@ from protocols.cmp.client import (
 )
 from protocols.cmp.server import CONTENT_TYPE, CmpServer
 from ra.schema import cmp_transactions
-from ztpki.app import cmp_server_for
+from ztpki.http.cmp import cmp_server_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))

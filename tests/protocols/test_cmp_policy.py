@@ -36,7 +36,7 @@ from protocols.cmp.client import (
 from protocols.cmp.general import ID_IT_CA_CERTS
 from protocols.cmp.header import encode_header
 from protocols.cmp.server import CONTENT_TYPE, CmpServer
-from ztpki.app import cmp_server_for
+from ztpki.http.cmp import cmp_server_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))
 from corehelpers import World, make_world  # noqa: E402

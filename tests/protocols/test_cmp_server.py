@@ -20,8 +20,8 @@ from protocols.cmp.protection import (
     verify_signature_protection,
 )
 from protocols.cmp.server import CONTENT_TYPE, CmpServer
-from ztpki.app import cmp_server_for
-from ztpki.assembly import Instance
+from ztpki.http.cmp import cmp_server_for
+from ztpki.instance import Instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))

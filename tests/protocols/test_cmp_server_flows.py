@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from protocols.cmp import codec, der
 from protocols.cmp.bodies import FailInfo, PkiStatus, status_info_from_asn1
 from protocols.cmp.server import CONTENT_TYPE, ID_IT_CA_CERTS, CmpServer
-from ztpki.app import cmp_server_for, create_app
+from ztpki.http.app import create_app
+from ztpki.http.cmp import cmp_server_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))

@@ -22,8 +22,9 @@ from protocols.est.http import TransportFacts
 from protocols.est.server import EstReply, EstRequest, EstServer
 from ra.core import CorePolicy
 from ra.requests import Rejected, RejectReason
-from ztpki.app import create_app, est_server_for
-from ztpki.est_wiring import csrattrs_of_profile
+from ztpki.http.app import create_app
+from ztpki.http.est import est_server_for
+from ztpki.http.est import csrattrs_of_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ra"))

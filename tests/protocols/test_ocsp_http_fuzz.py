@@ -37,8 +37,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ca.ocsp_request import MAX_CERT_IDS
-from ztpki.app import create_app
-from ztpki.assembly import Instance
+from ztpki.http.app import create_app
+from ztpki.instance import Instance
 from ztpki.setup_instance import init_instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ca"))

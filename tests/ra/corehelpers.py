@@ -15,7 +15,7 @@ from ra.requests import EnrolmentRequest, Evidence, Operation, Protocol
 from vendor_trust.credentials import Credentials
 from vendor_trust.hashing import ScryptCost
 from vendor_trust.pins import Pins
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 from ztpki.setup_instance import init_instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vendor_trust"))

@@ -1,4 +1,4 @@
-"""`ztpki audit list|verify` on a fresh click group (ztpki/cli_ra.py)."""
+"""`ztpki audit list|verify` on a fresh click group (ztpki/cli/audit.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import ra.db
 from ca.db import make_engine
 from ra.audit import AuditLog
 from ra.schema import audit_log
-from ztpki import cli_ra
+from ztpki.cli import audit as audit_commands
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def main(engine: Engine) -> click.Group:
     def main() -> None:
         pass
 
-    cli_ra.register(main, lambda ctx: SimpleNamespace(engine=engine))  # type: ignore[arg-type,return-value]
+    audit_commands.register(main, lambda ctx: SimpleNamespace(engine=engine))  # type: ignore[arg-type,return-value]
     return main
 
 
@@ -94,7 +94,7 @@ def test_audit_verify_fails_naming_a_deleted_record(main: click.Group, log: Audi
 
 def test_audit_noise_lists_the_counted_refusals(engine: Engine) -> None:
     from ra.noise import NoiseLog
-    from ztpki.assembly import NOISE_REASONS
+    from ztpki.instance import NOISE_REASONS
 
     log = AuditLog(engine, NoiseLog(engine, reasons=NOISE_REASONS))
     for n in range(7):
@@ -105,7 +105,7 @@ def test_audit_noise_lists_the_counted_refusals(engine: Engine) -> None:
     def main() -> None:
         pass
 
-    cli_ra.register(main, lambda ctx: SimpleNamespace(engine=engine, audit=log))  # type: ignore[arg-type,return-value]
+    audit_commands.register(main, lambda ctx: SimpleNamespace(engine=engine, audit=log))  # type: ignore[arg-type,return-value]
     result = CliRunner().invoke(main, ["audit", "noise", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)

@@ -17,7 +17,7 @@ from ca.db import make_engine
 from ra.audit import AuditLog
 from ra.noise import ANY_SOURCE, OTHER, NoiseLog, NoisePolicy
 from ra.schema import audit_noise
-from ztpki.assembly import EST_REFUSAL_REASONS, NOISE_REASONS
+from ztpki.instance import EST_REFUSAL_REASONS, NOISE_REASONS
 
 HOUR = 3600
 

@@ -22,7 +22,7 @@ from ra.audit import AuditLog
 from ra.pending import PendingRecord, PendingRequests
 from ra.requests import EnrolmentRequest, OneTimePin, Operation, Pending, Protocol
 from ra.serialize import encode_request
-from ztpki import cli_ra
+from ztpki.cli import requests as requests_commands
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def main(instance: SimpleNamespace) -> click.Group:
     def main() -> None:
         pass
 
-    cli_ra.register(main, lambda ctx: instance)  # type: ignore[arg-type,return-value]
+    requests_commands.register(main, lambda ctx: instance)  # type: ignore[arg-type,return-value]
     return main
 
 
@@ -137,7 +137,7 @@ def test_approve_has_the_core_issue_once_and_audits_the_admin(tmp_path: Path) ->
     def main() -> None:
         pass
 
-    cli_ra.register(main, lambda ctx: world.instance)  # type: ignore[arg-type,return-value]
+    requests_commands.register(main, lambda ctx: world.instance)  # type: ignore[arg-type,return-value]
     result = CliRunner().invoke(main, ["requests", "approve", pending.request_id])
     assert result.exit_code == 0, result.output
     (certificate,) = world.instance.store.certificates(device_id=serial)

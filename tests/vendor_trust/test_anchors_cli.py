@@ -1,4 +1,4 @@
-"""`ztpki vendors ...` on a fresh click group (ztpki/cli.py wires it into the real one)."""
+"""`ztpki vendors ...` on a fresh click group (ztpki/cli/__init__.py wires it into the real one)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
 from trustfixtures import VendorPki, acme, crl_der, engine, make_crl  # noqa: F401  (fixtures)
-from ztpki.cli_vendors import register
+from ztpki.cli.vendors import register
 
 
 @pytest.fixture

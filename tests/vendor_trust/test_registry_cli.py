@@ -17,7 +17,8 @@ from ca.db import make_engine
 from vendor_trust.db import migrate
 from vendor_trust.credentials import Credentials
 from vendor_trust.registry import DeviceRegistry
-from ztpki.cli_devices import parse_duration, register
+from ztpki.cli import credentials, devices, pins
+from ztpki.cli.devices import parse_duration
 
 IMEI = "490154203237518"
 
@@ -36,7 +37,8 @@ def make_cli(instance: Any) -> click.Group:
     def main() -> None:
         pass
 
-    register(main, lambda ctx: instance)
+    for commands in (devices, credentials, pins):
+        commands.register(main, lambda ctx: instance)
     return main
 
 

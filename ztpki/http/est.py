@@ -13,7 +13,7 @@ from ca.profiles import Profile
 from protocols.est import codec
 from protocols.est.checks import ServerKey
 from protocols.est.server import EstServer, RefusalRecord, Route
-from ztpki.assembly import Instance
+from ztpki.instance import Instance
 
 # The profile an unlabelled EST path stands for when the device's own
 # profile cannot be known yet (csrattrs and serverkeygen before

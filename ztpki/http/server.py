@@ -37,13 +37,13 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
-from ztpki.app import create_app
-from ztpki.assembly import Instance
+from ztpki.http.app import create_app
+from ztpki.instance import Instance
 from ztpki.config import ConfigError, TlsSettings, load_settings
 from ztpki.maintenance import run_maintenance
-from ztpki.tls import gunicorn_ssl_context, refresh_client_ca
-from ztpki.transport import make_transport
-from ztpki.worker import handshake_in_handler
+from ztpki.http.tls import gunicorn_ssl_context, refresh_client_ca
+from ztpki.http.transport import make_transport
+from ztpki.http.worker import handshake_in_handler
 
 log = logging.getLogger("ztpki.server")
 
@@ -73,7 +73,7 @@ def _options(host: str, port: int, workers: int, limits: Limits, access_log: boo
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "ztpki.worker.ZtpkiWorker",
+        "worker_class": "ztpki.http.worker.ZtpkiWorker",
         "worker_connections": limits.max_connections,
         # gevent worker: the bound on waiting for a request's headers, and on
         # each socket read or write (ztpki/worker.py).

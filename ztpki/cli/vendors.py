@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import click
 from cryptography import x509
@@ -15,11 +15,7 @@ from cryptography import x509
 from vendor_trust.anchors import AnchorInfo, CrlInfo, VendorTrust, normalise_fingerprint
 from vendor_trust.trust_errors import UntrustedChain, VendorTrustError
 from vendor_trust.trust_path import fingerprint
-from ztpki.assembly import Instance
-from ztpki.cli_audit import audited
-
-GetInstance = Callable[[click.Context], Instance]
-
+from ztpki.cli.admin import GetInstance, audited
 
 @contextmanager
 def _one_line_errors(*, with_reason: bool = False) -> Iterator[None]:

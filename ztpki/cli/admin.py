@@ -1,18 +1,50 @@
-"""Every admin command that changes something leaves an audit record naming
-the admin (issue 4: "the admin for CLI actions")."""
+"""What every admin command shares: the instance it works on, who the admin
+is, and the audit record naming the admin that every command that changes
+something leaves (issue 4: "the admin for CLI actions")."""
 
 from __future__ import annotations
 
 import functools
+import getpass
 import os
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
+
+from ztpki.instance import Instance
+
+GetInstance = Callable[[click.Context], Instance]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Never copied into the audit log.
 _SECRET_PARAMS = {"pin", "password", "secret"}
+
+
+def home_of(ctx: click.Context) -> Path:
+    home = ctx.obj.get("home")
+    if home is None:
+        raise click.ClickException("no instance: give --home DIR or set ZTPKI_HOME")
+    return Path(home)
+
+
+def instance_of(ctx: click.Context) -> Instance:
+    if "instance" not in ctx.obj:
+        ctx.obj["instance"] = Instance.open(home_of(ctx))
+        ctx.call_on_close(ctx.obj["instance"].close)
+    instance: Instance = ctx.obj["instance"]
+    return instance
+
+
+def admin_name() -> str:
+    name = os.environ.get("ZTPKI_ADMIN")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return f"uid:{os.getuid()}"
 
 
 def audited(operation: str, *, device_param: str | None = None) -> Callable[[F], F]:
@@ -44,8 +76,6 @@ def _record(operation: str, device_param: str | None, kwargs: dict[str, Any], ex
     instance = ctx.obj.get("instance") if isinstance(ctx.obj, dict) else None
     if instance is None:
         return
-    from ztpki.cli_ra import admin_name
-
     produced = ctx.obj.pop("audit", {}) if isinstance(ctx.obj, dict) else {}
     params = {
         k: (str(v) if not isinstance(v, (str, int, bool, type(None))) else v)

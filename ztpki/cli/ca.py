@@ -1,23 +1,70 @@
-"""CLI commands for CAs, serving and the demo (split from cli.py for size)."""
+"""`ztpki init` and `ztpki ca list|add|import`: the instance and its
+certification authorities (keys generated in, or adopted from, the token)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+import os
+from typing import Any
 
 import click
 from cryptography import x509
 
 from ca import hierarchy
 from hsm import KeyType
-from ztpki.assembly import Instance
-from ztpki.cli_audit import audited
-
-GetInstance = Callable[[click.Context], Instance]
+from ztpki.cli.admin import GetInstance, audited
 
 
 def register(main: click.Group, get_instance: GetInstance) -> None:
+    @main.command()
+    @click.option("--home", "init_home", type=click.Path(file_okay=False), help="Instance directory to create.")
+    @click.option("--key-type", type=click.Choice([k.value for k in KeyType if k is not KeyType.RSA_4096] + ["rsa-4096"]), default="ec-p256", show_default=True)
+    @click.option("--pkcs11-module", type=click.Path(dir_okay=False), help="PKCS#11 module; default: a SoftHSM2 token of the instance's own.")
+    @click.option("--token-label", help="Token label (needed with --pkcs11-module).")
+    @click.option("--pin", help="Token user PIN (stored in HOME/token.pin, 0600). Prefer ZTPKI_TOKEN_PIN.")
+    @click.option("--database", help="SQLAlchemy URL; default sqlite:///ztpki.db in the home. postgresql+psycopg://... for several nodes.")
+    @click.option("--base-url", help="Public base URL written into certificates (CRL, OCSP, CA issuers).")
+    @click.option("--port", type=int, default=8080, show_default=True, help="Port `serve` listens on by default.")
+    @click.option("--organization", default="ztpki", show_default=True, help="O= of the CA names.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def init(ctx: click.Context, init_home: str | None, key_type: str, pkcs11_module: str | None,
+             token_label: str | None, pin: str | None, database: str | None, base_url: str | None,
+             port: int, organization: str, as_json: bool) -> None:
+        """Create an instance: token, store, root CA, issuing CA, OCSP signer, CRLs."""
+        from ztpki.setup_instance import init_instance
+
+        chosen_home = init_home or ctx.obj.get("home")
+        if not chosen_home:
+            raise click.ClickException("give --home DIR (or set ZTPKI_HOME)")
+        home = Path(chosen_home)
+        pin = pin or os.environ.get("ZTPKI_TOKEN_PIN")
+        instance = init_instance(
+            home, key_type=KeyType(key_type), pkcs11_module=pkcs11_module, token_label=token_label,
+            pin=pin, database=database, base_url=base_url, organization=organization, port=port,
+        )
+        try:
+            summary = {
+                "home": str(instance.settings.home),
+                "token": instance.settings.token.label,
+                "root_ca": str(instance.settings.home / "root.pem"),
+                "issuing_ca": str(instance.settings.home / f"{instance.settings.default_ca}.pem"),
+                "database": instance.settings.database,
+                "base_url": instance.settings.base_url,
+            }
+            if as_json:
+                click.echo(json.dumps(summary, indent=2))
+            else:
+                click.echo(f"Created ztpki instance in {summary['home']}")
+                click.echo(f"  token        {summary['token']} (CA keys generated inside, not extractable)")
+                click.echo(f"  root CA      {summary['root_ca']}")
+                click.echo(f"  issuing CA   {summary['issuing_ca']}")
+                click.echo(f"  store        {summary['database']}")
+                click.echo(f"  URLs under   {summary['base_url']}")
+        finally:
+            instance.close()
+
     @main.group("ca")
     def ca_group() -> None:
         """List, add and import certification authorities."""
@@ -81,63 +128,3 @@ def register(main: click.Group, get_instance: GetInstance) -> None:
         hierarchy.create_ocsp_signer(instance.cas, name, KeyType.EC_P256)
         instance.revocations.publish_crl(name)
         click.echo(f"imported issuing CA {name!r}")
-
-    @main.command()
-    @click.option("--host", help="Listen address (default from ztpki.toml, 127.0.0.1).")
-    @click.option("--port", type=int, help="Port (default from ztpki.toml, 8080).")
-    @click.option("--workers", type=int, help="Worker processes (default from ztpki.toml, 2).")
-    # Before the gevent workers, --threads > 1 chose gthread workers; accepted
-    # and ignored so that scripts passing it (bench/est.py) keep working.
-    @click.option("--threads", type=click.IntRange(min=1), default=1, hidden=True)
-    @click.option("--tls-port", type=int, help="HTTPS port (default from [tls] in ztpki.toml; HTTPS only with [tls]).")
-    @click.option("--access-log", is_flag=True)
-    @click.pass_context
-    def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None, threads: int,
-              tls_port: int | None, access_log: bool) -> None:
-        """Serve CRLs, OCSP, CA certificates, CMP and EST (gunicorn, pre-forking
-        gevent workers); HTTPS too when ztpki.toml has a [tls] table."""
-        from ztpki.server import serve as run_server
-
-        instance = get_instance(ctx)
-        settings = instance.settings
-        instance.close()
-        if tls_port is not None and settings.tls is None:
-            raise click.ClickException("--tls-port needs a [tls] table in ztpki.toml (certificate, key, port)")
-        ctx.exit(run_server(settings.home, host=host or settings.host, port=port or settings.port,
-                            workers=workers or settings.workers, access_log=access_log,
-                            tls_port=tls_port))
-
-    @main.command()
-    @click.option("--older-than", "older_than", type=click.IntRange(min=0), default=60, show_default=True,
-                  help="Seconds a row must have been 'signing' before it counts as left by a crash.")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_context
-    @audited("reconcile")
-    def reconcile(ctx: click.Context, older_than: int, as_json: bool) -> None:
-        """Repair what a crash left: revoke rows left 'signing' as possibly issued,
-        re-issue stale CRLs (what every `ztpki serve` worker does each minute).
-        Each repair has its own audit record."""
-        from datetime import timedelta
-
-        from ztpki.maintenance import run_once, tasks_for
-
-        results = run_once(tasks_for(get_instance(ctx), signing_bound=timedelta(seconds=older_than)))
-        if as_json:
-            click.echo(json.dumps(results, indent=2))
-        else:
-            for name, count in results.items():
-                click.echo(f"{name:<16} {'FAILED (see log)' if count is None else count}")
-        if any(count is None for count in results.values()):
-            ctx.exit(1)
-
-    @main.command()
-    @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Demo instance directory (created or reused).")
-    @click.option("--port", type=int, default=8080, show_default=True)
-    @click.option("--tls-port", type=int, help="HTTPS port (EST)  [default: PORT + 1]")
-    @click.option("--no-serve", is_flag=True, help="Prepare DIR and demo.json, then exit.")
-    def demo(directory: str, port: int, tls_port: int | None, no_serve: bool) -> None:
-        """A demo PKI on 127.0.0.1: prints how to try each part with openssl, curl and strongSwan pki."""
-        from ztpki.demo import run_demo
-
-        run_demo(Path(directory), port=port, tls_port=tls_port, serve=not no_serve)
-

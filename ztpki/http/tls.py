@@ -86,7 +86,7 @@ def refresh_client_ca(settings: Settings) -> Path | None:
     path = tls.client_ca_path(settings.home)
     if tls.client_ca is not None:
         return path
-    from ztpki.assembly import Instance
+    from ztpki.instance import Instance
 
     instance = Instance(settings)
     try:

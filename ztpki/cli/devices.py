@@ -1,11 +1,7 @@
-"""CLI for the device registry, enrolment credentials and one-time PINs (flow F6).
-
-    devices import FILE | list | show SERIAL | assign | block SERIAL | unblock SERIAL
-    credentials create | list | revoke REF
-    pins create --device SERIAL | list | revoke --device SERIAL
-
-register(main, get_instance) adds the three groups to the `ztpki` command.
-"""
+"""`ztpki devices import FILE | list | show SERIAL | assign | block SERIAL |
+unblock SERIAL`: the device registry (flow F6), and the helpers the
+credentials and pins commands share with it (durations, JSON streams,
+one-line refusals)."""
 
 from __future__ import annotations
 
@@ -16,27 +12,20 @@ import os
 import re
 import sys
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+from typing import Any, Callable, Iterator, cast
 
 import click
 
 from ra.admin import block_device, unblock_device
-from ztpki.cli_ra import admin_name
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
 from ca.revocation import reason_name
-from ca.db import now
-from vendor_trust.credentials import CredentialError, CredentialInfo, Credentials
+from vendor_trust.credentials import CredentialError
 from vendor_trust.device_import import IMPORT_MODES, ImportFileError, ImportMode, import_devices
-from vendor_trust.pins import PinInfo, Pins
 from vendor_trust.registry import DEVICE_STATES, Device, DeviceRegistry, RegistryError
-from ztpki.cli_audit import audited
+from ztpki.cli.admin import GetInstance, admin_name, audited
 
-if TYPE_CHECKING:
-    from ztpki.assembly import Instance
-
-GetInstance = Callable[[click.Context], "Instance"]
 
 _DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -50,11 +39,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+def duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
     return parse_duration(value) if value is not None else None
 
 
-def _refusing(function: Callable[..., None]) -> Callable[..., None]:
+def refusing(function: Callable[..., None]) -> Callable[..., None]:
     """The registry's and credentials' refusals as one-line errors, not tracebacks."""
 
     @functools.wraps(function)
@@ -67,7 +56,7 @@ def _refusing(function: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -91,12 +80,12 @@ def device_json(device: Device) -> dict[str, Any]:
         "serial": device.serial, "state": device.state, "vendor": device.vendor, "model": device.model,
         "mac": device.mac, "imei": device.imei, "hnb_id": device.hnb_id, "tenant": device.tenant,
         "profile": device.profile, "public_key": pem, "blocked_reason": device.blocked_reason,
-        "blocked_at": _iso(device.blocked_at), "created_at": _iso(device.created_at),
-        "updated_at": _iso(device.updated_at),
+        "blocked_at": iso(device.blocked_at), "created_at": iso(device.created_at),
+        "updated_at": iso(device.updated_at),
     }
 
 
-def _stream_json(items: Iterator[dict[str, Any]]) -> None:
+def stream_json(items: Iterator[dict[str, Any]]) -> None:
     """A JSON array written item by item: listing a million devices costs no memory."""
     click.echo("[", nl=False)
     for index, item in enumerate(items):
@@ -104,7 +93,7 @@ def _stream_json(items: Iterator[dict[str, Any]]) -> None:
     click.echo("\n]")
 
 
-def _usable_device(registry: DeviceRegistry, serial: str) -> Device:
+def usable_device(registry: DeviceRegistry, serial: str) -> Device:
     device = registry.require(serial)
     if device.blocked:
         raise click.ClickException(f"device {serial!r} is blocked ({device.blocked_reason})")
@@ -112,12 +101,6 @@ def _usable_device(registry: DeviceRegistry, serial: str) -> Device:
 
 
 def register(main: click.Group, get_instance: GetInstance) -> None:
-    _register_devices(main, get_instance)
-    _register_credentials(main, get_instance)
-    _register_pins(main, get_instance)
-
-
-def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @main.group("devices")
     def devices() -> None:
         """Import, list, show, assign, block and unblock devices."""
@@ -129,7 +112,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--no-update", is_flag=True, help="Leave devices that exist already as they are.")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
-    @_refusing
+    @refusing
     @audited("devices-import")
     def devices_import(ctx: click.Context, file: str, mode: str, no_update: bool, as_json: bool) -> None:
         """Import device records: CSV with a header row, or JSON Lines.
@@ -173,13 +156,13 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--limit", type=click.IntRange(min=1))
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
-    @_refusing
+    @refusing
     def devices_list(ctx: click.Context, state: str | None, vendor: str | None, profile: str | None,
                      limit: int | None, as_json: bool) -> None:
         """List devices in registration order."""
         found = DeviceRegistry(get_instance(ctx).engine).list(vendor=vendor, state=state, profile=profile, limit=limit)
         if as_json:
-            _stream_json(device_json(device) for device in found)
+            stream_json(device_json(device) for device in found)
             return
         for d in found:
             click.echo(f"{d.serial:<24} {d.state:<10} {d.vendor or '-':<12} {d.model or '-':<14} "
@@ -189,7 +172,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @click.argument("serial")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
-    @_refusing
+    @refusing
     def devices_show(ctx: click.Context, serial: str, as_json: bool) -> None:
         """Show one device."""
         device = DeviceRegistry(get_instance(ctx).engine).require(serial)
@@ -207,7 +190,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--vendor", help="Instead of SERIAL: every device of this vendor ...")
     @click.option("--model", help="... and of this model.")
     @click.pass_context
-    @_refusing
+    @refusing
     @audited("devices-assign", device_param="serial")
     def devices_assign(ctx: click.Context, serial: str | None, profile: str, vendor: str | None,
                        model: str | None) -> None:
@@ -230,7 +213,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @click.option("--reason", default="cessationOfOperation", show_default=True,
                   help="The revocation reason of its certificates (RFC 5280), e.g. keyCompromise.")
     @click.pass_context
-    @_refusing
+    @refusing
     def devices_block(ctx: click.Context, serial: str, reason: str) -> None:
         """Block a device: its certificates are revoked and it cannot enrol again."""
         instance = get_instance(ctx)
@@ -243,7 +226,7 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
     @devices.command("unblock")
     @click.argument("serial")
     @click.pass_context
-    @_refusing
+    @refusing
     def devices_unblock(ctx: click.Context, serial: str) -> None:
         """Allow a blocked device to enrol again (it starts as 'registered')."""
         instance = get_instance(ctx)
@@ -253,153 +236,3 @@ def _register_devices(main: click.Group, get_instance: GetInstance) -> None:
             return
         unblock_device(instance.core, serial, admin=admin_name())
         click.echo(f"device {serial}: {registry.require(serial).state}")
-
-
-def _credential_state(info: CredentialInfo, at: datetime) -> str:
-    return info.failure(at) or "usable"
-
-
-def _credential_json(info: CredentialInfo, at: datetime) -> dict[str, Any]:
-    return {
-        "reference": info.reference, "kind": info.kind, "device": info.device_serial, "batch": info.batch,
-        "profile": info.profile, "uses": info.uses, "max_uses": info.max_uses,
-        "expires_at": _iso(info.expires_at), "state": _credential_state(info, at),
-        "created_at": _iso(info.created_at), "last_used_at": _iso(info.last_used_at),
-    }
-
-
-def _register_credentials(main: click.Group, get_instance: GetInstance) -> None:
-    @main.group("credentials")
-    def credentials() -> None:
-        """Enrolment credentials: CMP MAC secrets and EST passwords."""
-
-    @credentials.command("create")
-    @click.option("--device", "device_serial", help="Bind to this device ...")
-    @click.option("--batch", help="... or to this batch of devices.")
-    @click.option("--kind", type=click.Choice(["mac", "password"]), required=True,
-                  help="mac: a CMP shared secret (PBM/PBMAC1); password: an EST HTTP Basic password.")
-    @click.option("--profile", help="Restrict what the credential may obtain to this profile.")
-    @click.option("--username", help="EST username (default: a random one).")
-    @click.option("--ttl", metavar="DURATION", callback=_duration,
-                  help="Lifetime, e.g. 30m, 12h, 7d (default: no expiry).")
-    @click.option("--max-uses", type=click.IntRange(min=1))
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_context
-    @_refusing
-    @audited("credentials-create", device_param="device_serial")
-    def credentials_create(ctx: click.Context, device_serial: str | None, batch: str | None, kind: str,
-                           profile: str | None, username: str | None, ttl: timedelta | None,
-                           max_uses: int | None, as_json: bool) -> None:
-        """Create a credential; its secret is shown only now."""
-        if (device_serial is None) == (batch is None):
-            raise click.UsageError("give --device SERIAL or --batch NAME")
-        if username is not None and kind != "password":
-            raise click.UsageError("--username goes with --kind password")
-        instance = get_instance(ctx)
-        if device_serial is not None:
-            _usable_device(DeviceRegistry(instance.engine), device_serial)
-        binding: dict[str, Any] = dict(
-            device_serial=device_serial, batch=batch, profile=profile, ttl=ttl, max_uses=max_uses
-        )
-        if kind == "mac":
-            name, secret = instance.credentials.create_mac(**binding)
-            labels = ("reference", "secret")
-        else:
-            name, secret = instance.credentials.create_password(username=username, **binding)
-            labels = ("username", "password")
-        if as_json:
-            click.echo(json.dumps({"kind": kind, labels[0]: name, labels[1]: secret}, indent=2))
-            return
-        click.echo(f"{labels[0]}: {name}\n{labels[1]}: {secret}")
-        hint = f"openssl cmp -ref {name} -secret pass:{secret}" if kind == "mac" else f"curl -u {name}:{secret}"
-        click.echo(f"(shown only now; e.g. {hint})", err=True)
-
-    @credentials.command("list")
-    @click.option("--device", "device_serial")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_context
-    @_refusing
-    def credentials_list(ctx: click.Context, device_serial: str | None, as_json: bool) -> None:
-        """List credentials (never their secrets)."""
-        at = now()
-        found = Credentials(get_instance(ctx).engine, None).list(device_serial=device_serial)
-        if as_json:
-            click.echo(json.dumps([_credential_json(info, at) for info in found], indent=2))
-            return
-        for info in found:
-            bound = f"device {info.device_serial}" if info.device_serial else f"batch {info.batch}"
-            uses = f"{info.uses}/{info.max_uses if info.max_uses is not None else '-'}"
-            expires = info.expires_at.isoformat(timespec="seconds") if info.expires_at else "never"
-            click.echo(f"{info.reference:<24} {info.kind:<8} {_credential_state(info, at):<8} {bound:<30} "
-                       f"uses {uses:<7} expires {expires}  profile {info.profile or '-'}")
-
-    @credentials.command("revoke")
-    @click.argument("reference")
-    @click.pass_context
-    @_refusing
-    @audited("credentials-revoke")
-    def credentials_revoke(ctx: click.Context, reference: str) -> None:
-        """Revoke a credential (a MAC reference or an EST username)."""
-        Credentials(get_instance(ctx).engine, None).revoke(reference)
-        click.echo(f"credential {reference} revoked")
-
-
-def _pin_json(info: PinInfo, at: datetime) -> dict[str, Any]:
-    return {
-        "id": info.id, "device": info.device_serial, "state": info.shown_state(at), "failures": info.failures,
-        "expires_at": _iso(info.expires_at), "created_at": _iso(info.created_at), "used_at": _iso(info.used_at),
-    }
-
-
-def _register_pins(main: click.Group, get_instance: GetInstance) -> None:
-    @main.group("pins")
-    def pins() -> None:
-        """One-time enrolment PINs (SCEP challengePassword)."""
-
-    @pins.command("create")
-    @click.option("--device", "device_serial", required=True)
-    @click.option("--ttl", metavar="DURATION", callback=_duration, default="7d", show_default=True,
-                  help="Lifetime, e.g. 30m, 12h, 7d.")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_context
-    @_refusing
-    @audited("pins-create", device_param="device_serial")
-    def pins_create(ctx: click.Context, device_serial: str, ttl: timedelta, as_json: bool) -> None:
-        """Create the device's PIN (revoking any earlier one); it is shown only now."""
-        engine = get_instance(ctx).engine
-        device = _usable_device(DeviceRegistry(engine), device_serial)
-        pin = Pins(engine).create(device.serial, ttl)
-        if as_json:
-            click.echo(json.dumps({"device": device.serial, "pin": pin,
-                                   "expires_at": _iso(now() + ttl)}, indent=2))
-        else:
-            click.echo(pin)
-
-    @pins.command("list")
-    @click.option("--device", "device_serial")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_context
-    @_refusing
-    def pins_list(ctx: click.Context, device_serial: str | None, as_json: bool) -> None:
-        """List PINs (never the PINs themselves)."""
-        at = now()
-        found = Pins(get_instance(ctx).engine).list(device_serial)
-        if as_json:
-            click.echo(json.dumps([_pin_json(info, at) for info in found], indent=2))
-            return
-        for info in found:
-            click.echo(f"{info.id:<6} {info.device_serial:<24} {info.shown_state(at):<8} failures {info.failures}  "
-                       f"expires {info.expires_at.isoformat(timespec='seconds')}")
-
-    @pins.command("revoke")
-    @click.option("--device", "device_serial")
-    @click.option("--id", "pin_id", type=int)
-    @click.pass_context
-    @_refusing
-    @audited("pins-revoke", device_param="device_serial")
-    def pins_revoke(ctx: click.Context, device_serial: str | None, pin_id: int | None) -> None:
-        """Revoke the device's live PIN (or one PIN by --id)."""
-        if (device_serial is None) == (pin_id is None):
-            raise click.UsageError("give --device SERIAL or --id N")
-        count = Pins(get_instance(ctx).engine).revoke(device_serial, pin_id=pin_id)
-        click.echo(f"revoked {count} PIN(s)")

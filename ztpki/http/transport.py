@@ -47,7 +47,7 @@ from flask import Request
 
 from protocols.est.http import TransportFacts
 from ztpki.config import EstSettings
-from ztpki.tls import peer_chain_der, tls_unique
+from ztpki.http.tls import peer_chain_der, tls_unique
 
 log = logging.getLogger("ztpki.transport")
 

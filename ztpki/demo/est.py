@@ -1,4 +1,4 @@
-"""The demo's HTTPS listener and EST (DESIGN F5), beside ztpki/demo.py.
+"""The demo's HTTPS listener and EST (DESIGN F5), beside ztpki/demo/cmp.py.
 
 - A TLS server certificate issued by the demo's own CA (profile "server",
   SAN IP:127.0.0.1; the profile refuses a single-label DNS name such as
@@ -34,7 +34,8 @@ from cryptography.x509.oid import NameOID
 from ca.template import IssuanceOrder
 from ra.pending import PendingRequests
 from vendor_trust.credentials import Credentials
-from ztpki.assembly import Instance
+from ztpki.demo.files import private_dir, write_key
+from ztpki.instance import Instance
 from ztpki.config import TlsSettings, write_settings
 
 log = logging.getLogger("ztpki.demo")
@@ -60,9 +61,8 @@ RENEW_BEFORE = timedelta(days=30)
 def ensure_tls(instance: Instance, directory: Path, tls_port: int) -> TlsSettings:
     """HOME/tls/server.pem (certificate, then the issuing CA) and server.key
     (0600), issued again when missing or near expiry; [tls] written."""
-    from ztpki.demo import _private_dir, _write_key
 
-    tls_dir = _private_dir(directory / TLS_DIR)
+    tls_dir = private_dir(directory / TLS_DIR)
     cert_path, key_path = tls_dir / "server.pem", tls_dir / "server.key"
     if not _still_good(cert_path, key_path):
         key = ec.generate_private_key(ec.SECP256R1())
@@ -76,7 +76,7 @@ def ensure_tls(instance: Instance, directory: Path, tls_port: int) -> TlsSetting
             public_key=key.public_key(),
             sans=(x509.IPAddress(ipaddress.ip_address("127.0.0.1")),),
         ))
-        _write_key(key_path, key)
+        write_key(key_path, key)
         chain = (issued.certificate, *instance.cas.authority().chain[:-1])  # without the root
         partial = cert_path.with_name(f".{cert_path.name}.tmp")
         partial.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
