@@ -41,6 +41,11 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def format_time(at: datetime) -> str:
+    """UTC with microseconds: both databases keep exactly that precision."""
+    return utc(at).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def serial_hex(serial: int) -> str:
     return format(serial, "x")
 

@@ -1,27 +1,38 @@
 """What the rest of ztpki holds on to: one token key bound to one use.
 
-Both classes are thin: every call goes through their :class:`Token`, so they
+Both classes are thin: every call goes through their token (:class:`hsm.token.Token`), so they
 inherit its session pool, recovery and fork safety, and they can be built at
 start-up without touching the token.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from .algorithms import KeyType, SignAlgorithm
 from .errors import HsmError
 
-if TYPE_CHECKING:
-    from .token import Token
+
+class TokenOperations(Protocol):
+    """What the handles call on their token (hsm/token.py's Token). A protocol
+    here rather than an import of Token, so that token.py, which builds the
+    handles, is the only one of the two that imports the other."""
+
+    def sign(self, label: str, data: bytes, algorithm: SignAlgorithm) -> bytes: ...
+
+    def public_key(self, label: str) -> PublicKeyTypes: ...
+
+    def seal(self, label: str, plaintext: bytes, aad: bytes = b"") -> bytes: ...
+
+    def unseal(self, label: str, blob: bytes, aad: bytes = b"") -> bytes: ...
 
 
 class KeySigner:
     """One key plus one algorithm: what ca/ and the protocols hold on to."""
 
-    def __init__(self, token: Token, label: str, algorithm: SignAlgorithm, key_type: KeyType) -> None:
+    def __init__(self, token: TokenOperations, label: str, algorithm: SignAlgorithm, key_type: KeyType) -> None:
         self.token = token
         self.label = label
         self.algorithm = algorithm
@@ -48,7 +59,7 @@ class TokenSealer:
     reference) stops a sealed secret from being copied to another row.
     """
 
-    def __init__(self, token: Token, label: str) -> None:
+    def __init__(self, token: TokenOperations, label: str) -> None:
         if not isinstance(label, str) or not label:
             raise HsmError("a key label must be a non-empty string")
         self.token = token

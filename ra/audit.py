@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterator
 
 from sqlalchemy import Engine, insert, select, update
 
 from ca import db
-from ca.db import now, utc
+from ca.db import format_time, now, utc
 from ra.noise import NoiseLog
 from ra.schema import audit_head, audit_log
 
@@ -80,11 +80,6 @@ class VerifyResult:
     problem: str | None
     head_seq: int = 0
     head_hash: str = GENESIS_HASH
-
-
-def format_time(at: datetime) -> str:
-    """UTC with microseconds: both databases keep exactly that precision."""
-    return utc(at).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _canonical_json(value: Any) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 from sqlalchemy import Engine, delete, func, select, update
 
 from ca import db
-from ca.db import now, utc
+from ca.db import format_time, now, utc
 from ra.requests import RejectReason
 from ra.schema import audit_noise
 
@@ -64,8 +64,6 @@ class NoiseRow:
     sealed: bool
 
     def to_json(self) -> dict[str, Any]:
-        from ra.audit import format_time
-
         return {
             "interval_start": self.interval_start,
             "source": self.source,

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 import click
 
-from ra.audit import AuditLog, AuditRecord, format_time
+from ca.db import format_time
+from ra.audit import AuditLog, AuditRecord
 
 from ztpki.cli.admin import GetInstance
 
