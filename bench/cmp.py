@@ -521,7 +521,7 @@ STEPS = (
 )
 # Cross-cutting (inside the steps above, not added to the total).
 CROSS_STEPS = (
-    ("commit_point", "of which: ca.db.commit_point (before the token signs)"),
+    ("commit_point", "of which: storage.db.commit_point (before the token signs)"),
     ("db_commit", "of which: all DBAPI commits (with SQLite FULL, each one waits for an fsync)"),
     ("db_execute", "of which: all DBAPI cursor.execute"),
 )
@@ -583,7 +583,7 @@ def _instrument(server: Any, instance: Any, steps: Any) -> None:
                         steps.calls["unit_commit"] += 1
 
         server.unit_of_work = timed_unit
-    from ca import db
+    from storage import db
 
     if hasattr(db, "commit_point"):
         db.commit_point = steps.wrap("commit_point", db.commit_point)

@@ -72,7 +72,7 @@ def generate(path: Path, count: int, with_keys: bool) -> None:
 
 def child(url: str, path: str, mode: str) -> None:
     """One import in this process; prints a JSON line of figures."""
-    from ca.db import make_engine
+    from storage.db import make_engine
     from vendor_trust.device_import import import_devices
 
     engine = make_engine(url)
@@ -90,7 +90,7 @@ def child(url: str, path: str, mode: str) -> None:
 
 
 def fresh_database(backend: str, workdir: Path, pg: Any, tag: str) -> str:
-    from ca.db import make_engine
+    from storage.db import make_engine
     from vendor_trust.db import migrate
 
     if backend == "sqlite":

@@ -576,8 +576,8 @@ def _instrument(instance: Any, steps: Any) -> None:
                               (core.registry, "get", "registry"), (core.audit, "append", "audit"),
                               (instance.cas, "issue", "issue"), (instance.credentials, "check_password", "check_password")):
         setattr(owner, name, steps.wrap(step, getattr(owner, name)))
-    # The unit of work's commit (ca.db.unit_of_work, looked up by ztpki/http/est.py at call time).
-    from ca import db
+    # The unit of work's commit (storage.db.unit_of_work, looked up by ztpki/http/est.py at call time).
+    from storage import db
 
     unit = db.unit_of_work
 
@@ -609,7 +609,7 @@ def lock_check(home: Path, workdir: Path, count: int = 10) -> dict[str, float]:
     releases the GIL, so only SQLite's write lock keeps the two apart."""
     import threading
 
-    from ca import db
+    from storage import db
 
     pools = register_basic(home, workdir, 2, 1, "lock")
     instance = _open_instance(home)

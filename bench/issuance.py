@@ -411,7 +411,7 @@ def _what_if_store(cas: Any, seconds: float) -> dict[str, Any]:
     from sqlalchemy import bindparam, insert, select, update
 
     from ca.schema import certificates
-    from ca.db import serial_hex
+    from storage.db import serial_hex
 
     store = cas.store
     with store.engine.connect() as conn:

@@ -284,7 +284,7 @@ def _what_if_status_row(instance: Any, out: Path, seconds: float, rounds: int) -
     from sqlalchemy import bindparam, select
 
     from ca.schema import certificates
-    from ca.db import serial_hex
+    from storage.db import serial_hex
 
     store = instance.store
     authority_id = store.authority("issuing").id

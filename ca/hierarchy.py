@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from ca import signing
 from ca.issuer import CertificateAuthorities, IssuanceError, IssuedCertificate
 from ca.profiles import ca_profile, default_profiles
-from ca.db import NotFound
+from storage.db import NotFound
 from ca.template import IssuanceOrder, IssuerFacts, build_template
 from hsm import HsmError, KeyType, default_sign_algorithm
 

@@ -19,9 +19,10 @@ from typing import Mapping
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from ca import db, lint, signing
+from ca import lint, signing
+from storage import db
 from ca.profiles import PolicyViolation, Profile
-from ca.db import Conflict, NotFound
+from storage.db import Conflict, NotFound
 from ca.store import AuthorityRecord, Store
 from ca.template import IssuanceOrder, IssuerFacts, build_template
 from hsm import HsmError, SignAlgorithm, Token

@@ -28,7 +28,7 @@ from cryptography.x509 import ocsp
 from ca import der, signing
 from ca.issuer import CertificateAuthorities
 from ca.revocation import REASONS
-from ca.db import now
+from storage.db import now
 from ca.ocsp_request import CertId, MalformedRequest, OcspRequest, parse_request
 from ca.store import AuthorityRecord
 from hsm import HsmError, SignAlgorithm, default_sign_algorithm

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ca import db
-from ca.db import now
+from storage import db
+from storage.db import now
 from ca.revocation import ReconcileAction, Revocations
 
 # RFC 5280 §5.3.1 has no reason for "signed, never delivered". The holder
@@ -29,7 +29,7 @@ from ca.revocation import ReconcileAction, Revocations
 # side gives a certificate whose certConf never came (RFC 4210 §5.3.18).
 POSSIBLY_ISSUED_REASON = "cessationOfOperation"
 # gunicorn kills a worker whose request runs past its 60 s timeout
-# (ztpki/server.py), so no request of `ztpki serve` is still signing a row
+# (ztpki/http/server.py), so no request of `ztpki serve` is still signing a row
 # reserved longer ago than that.
 DEFAULT_SIGNING_BOUND = timedelta(seconds=60)
 

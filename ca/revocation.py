@@ -9,9 +9,10 @@ from typing import Any, Callable
 
 from cryptography import x509
 
-from ca import db, signing
+from ca import signing
+from storage import db
 from ca.issuer import CertificateAuthorities, IssuanceError, UnknownAuthority
-from ca.db import NotFound, now
+from storage.db import NotFound, now
 from ca.store import CertificateRecord, CrlRecord
 from hsm import HsmError
 

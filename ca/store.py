@@ -17,8 +17,8 @@ from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from ca import db
-from ca.db import Conflict, NotFound, make_engine, now, run_migrations, serial_hex, utc
+from storage import db
+from storage.db import Conflict, NotFound, make_engine, now, run_migrations, serial_hex, utc
 from ca.schema import authorities, certificates
 from ca.store_revocation import AbandonedSigning as AbandonedSigning
 from ca.store_revocation import CrlContents as CrlContents

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from ca import db
-from ca.db import Conflict, now, serial_hex, utc
+from storage import db
+from storage.db import Conflict, now, serial_hex, utc
 from ca.schema import authorities, certificates, crls
 
 

@@ -25,7 +25,7 @@ from conftools import (
     ztpki,
 )
 
-CRASH_EXIT_CODE = 137  # ca.db.CRASH_EXIT_CODE: os._exit at ZTPKI_CRASH_AT
+CRASH_EXIT_CODE = 137  # storage.db.CRASH_EXIT_CODE: os._exit at ZTPKI_CRASH_AT
 
 
 def _crash(inst: Instance, point: str, *args: object) -> None:

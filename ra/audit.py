@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 from sqlalchemy import Engine, insert, select, update
 
-from ca import db
-from ca.db import format_time, now, utc
+from storage import db
+from storage.db import format_time, now, utc
 from ra.noise import NoiseLog
 from ra.schema import audit_head, audit_log
 

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from ca.issuer import CertificateAuthorities
-from ca.db import NotFound
+from storage.db import NotFound
 from ra.requests import (
     CurrentCertificate,
     EnrolmentRequest,

@@ -24,7 +24,7 @@ from ca.issuer import CertificateAuthorities, IssuanceError, UnknownAuthority, U
 from ca.lint import LintError
 from ca.profiles import PolicyViolation, Profile
 from ca.revocation import RevocationError, Revocations
-from ca.db import NotFound, StoreError
+from storage.db import NotFound, StoreError
 from ca.template import IssuanceOrder
 from hsm import HsmError
 from ra.authenticate import Authenticated, Authenticator, Refusal

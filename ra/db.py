@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from ca.db import run_migrations
+from storage.db import run_migrations
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

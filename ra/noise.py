@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import Engine, delete, func, select, update
 
-from ca import db
-from ca.db import format_time, now, utc
+from storage import db
+from storage.db import format_time, now, utc
 from ra.requests import RejectReason
 from ra.schema import audit_noise
 

@@ -29,8 +29,8 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, select, update
 
-from ca import db
-from ca.db import Conflict, NotFound, now, utc
+from storage import db
+from storage.db import Conflict, NotFound, now, utc
 from ra.schema import enrolment_requests
 
 PENDING = "pending"

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from sqlalchemy import Engine, Executable, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ca import db
+from storage import db
 from ra.schema import rate_counters
 
 # A key's window may not be longer than this: old rows are deleted once

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 from sqlalchemy import Engine, bindparam, delete, func, select, update
 
-from ca import db
-from ca.db import now
+from storage import db
+from storage.db import now
 from ca.revocation import RevocationError
 from ca.schema import certificates
 from ra.schema import cmp_nonces, cmp_transactions

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ca import db
-from ca.db import now, utc
+from storage import db
+from storage.db import now, utc
 from vendor_trust.identity import DeviceIdentity, read_identity
 from vendor_trust.schema import vendor_anchors, vendor_crls, vendors
 from vendor_trust.trust_crls import (

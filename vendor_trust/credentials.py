@@ -27,8 +27,8 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import Engine, bindparam, false, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ca import db
-from ca.db import now, utc
+from storage import db
+from storage.db import now, utc
 from vendor_trust.hashing import (
     dummy_random_secret_hash,
     hash_random_secret,

@@ -43,7 +43,7 @@ from typing import Any, Callable, Generator, Iterator, Literal, Sequence, TextIO
 from sqlalchemy import DateTime, Engine, bindparam, text
 from sqlalchemy.engine import Connection
 
-from ca.db import now
+from storage.db import now
 from vendor_trust.registry import (
     InvalidField,
     canonical_public_key,

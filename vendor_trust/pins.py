@@ -21,8 +21,8 @@ from typing import Any, Literal, NoReturn
 
 from sqlalchemy import Engine, case, insert, select, update
 
-from ca import db
-from ca.db import now, utc
+from storage import db
+from storage.db import now, utc
 from vendor_trust.hashing import (
     DEFAULT_COST,
     ScryptCost,

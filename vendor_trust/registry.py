@@ -31,8 +31,8 @@ from sqlalchemy import Engine, bindparam, func, insert, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from ca import db
-from ca.db import now, utc
+from storage import db
+from storage.db import now, utc
 from vendor_trust.schema import devices
 
 DeviceState = Literal["registered", "active", "blocked"]

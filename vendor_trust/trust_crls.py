@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 from sqlalchemy import Engine, select
 
-from ca import db
+from storage import db
 from vendor_trust.schema import vendor_crls
 from vendor_trust.trust_errors import CertificateRevoked, CrlRefused
 from vendor_trust.trust_names import describe

@@ -13,7 +13,7 @@ from ca.profiles import load_profiles
 from ca.revocation import CrlPolicy, ReconcileAction, Revocations
 import ra.db
 import vendor_trust.db
-from ca.db import make_engine
+from storage.db import make_engine
 from ca.store import Store
 from sqlalchemy import Engine
 from hsm import Token, TokenSealer

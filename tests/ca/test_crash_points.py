@@ -3,7 +3,7 @@ then a restart and one reconciliation sweep (issue 18): nothing is missing,
 nothing is left 'signing', OCSP and the stored CRL agree with the store, and
 the audit log records every repair and verifies. On SQLite and PostgreSQL.
 
-The child process dies with os._exit at the point (ca.db.crash_point), as
+The child process dies with os._exit at the point (storage.db.crash_point), as
 under kill -9 between two commits.
 """
 
@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from ca.db import CRASH_ENV, CRASH_EXIT_CODE
+from storage.db import CRASH_ENV, CRASH_EXIT_CODE
 from ztpki.instance import Instance
 from ztpki.maintenance import run_once, tasks_for
 from ztpki.setup_instance import init_instance

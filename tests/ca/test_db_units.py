@@ -1,4 +1,4 @@
-"""Units of work (ca/db.py) on SQLite and PostgreSQL: one transaction for a
+"""Units of work (storage/db.py) on SQLite and PostgreSQL: one transaction for a
 request's store calls, a commit point that stays durable, conflicts that do
 not poison the unit."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ca import db
-from ca.db import now, serial_hex
+from storage import db
+from storage.db import now, serial_hex
 from ca.schema import certificates
 from ca.store import Store
 

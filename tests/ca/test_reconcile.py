@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from ca import issuer as issuer_module
-from ca.db import Conflict, now
+from storage.db import Conflict, now
 from ca.issuer import CertificateAuthorities, IssuanceError
 from ca.reconcile import POSSIBLY_ISSUED_REASON, reconcile_crls, reconcile_signing
 from ca.revocation import ReconcileAction, Revocations

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect
 
-from ca.db import Conflict, NotFound, now, parse_serial
+from storage.db import Conflict, NotFound, now, parse_serial
 
 from ca.store import Store
 

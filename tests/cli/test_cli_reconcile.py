@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ca.db import CRASH_ENV, CRASH_EXIT_CODE
+from storage.db import CRASH_ENV, CRASH_EXIT_CODE
 from ztpki.instance import Instance
 from ztpki.maintenance import MaintenanceRunner, MaintenanceTask, run_once, tasks_for
 from clihelpers import cli, run_ztpki, write_csr

@@ -4,7 +4,7 @@ open or awaiting a certConf past its wait, every never-confirmed certificate
 is revoked in the store, by OCSP and on the CRL, the confirmed one is still
 good, every automatic revocation is audited and the audit log verifies. On
 SQLite and PostgreSQL; the child dies with os._exit at the point
-(ca.db.crash_point), as under kill -9.
+(storage.db.crash_point), as under kill -9.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 from sqlalchemy import select, update
 
-from ca.db import CRASH_ENV, CRASH_EXIT_CODE
+from storage.db import CRASH_ENV, CRASH_EXIT_CODE
 from ra.schema import cmp_transactions
 from ztpki.instance import Instance
 from ztpki.maintenance import run_once, tasks_for

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, insert, select, text, update
 
 import ra.audit
 import ra.db
-from ca.db import make_engine, now
+from storage.db import make_engine, now
 from ra.audit import GENESIS_HASH, AuditLog, record_hash
 from ra.schema import audit_head, audit_log
 

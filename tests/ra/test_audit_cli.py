@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, delete, text
 
 import ra.db
-from ca.db import make_engine
+from storage.db import make_engine
 from ra.audit import AuditLog
 from ra.schema import audit_log
 from ztpki.cli import audit as audit_commands

@@ -133,7 +133,7 @@ def test_expired_pin_is_refused(world: World) -> None:
     pin = world.instance.pins.create(serial, ttl=timedelta(minutes=1))
     from sqlalchemy import update
 
-    from ca.db import now
+    from storage.db import now
     from vendor_trust.schema import pins
 
     with world.instance.engine.begin() as conn:  # the minute has passed

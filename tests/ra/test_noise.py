@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 import ra.db
-from ca.db import make_engine
+from storage.db import make_engine
 from ra.audit import AuditLog
 from ra.noise import ANY_SOURCE, OTHER, NoiseLog, NoisePolicy
 from ra.schema import audit_noise

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 import ra.db
-from ca.db import Conflict, NotFound, make_engine
+from storage.db import Conflict, NotFound, make_engine
 from ra.pending import PendingRecord, PendingRequests
 from ra.schema import enrolment_requests
 

@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 
 import ra.db
-from ca.db import make_engine
+from storage.db import make_engine
 from ra.audit import AuditLog
 from ra.pending import PendingRecord, PendingRequests
 from ra.requests import EnrolmentRequest, OneTimePin, Operation, Pending, Protocol

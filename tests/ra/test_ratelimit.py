@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 import ra.db
-from ca.db import make_engine
+from storage.db import make_engine
 from ra.ratelimit import MAX_WINDOW_SECONDS, RateLimiter, RateRules, Rule
 from ra.schema import rate_counters
 

@@ -192,7 +192,7 @@ def test_an_expired_intermediate_is_refused_as_expired(trust: VendorTrust, acme_
 
 
 def test_the_whole_flow_on_postgresql(postgres_db_url: str, tmp_path: Path) -> None:
-    from ca.db import make_engine
+    from storage.db import make_engine
     from vendor_trust.db import migrate
 
     engine = make_engine(postgres_db_url)

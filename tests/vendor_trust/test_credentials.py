@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Engine, select, update
 
-from ca.db import make_engine, now
+from storage.db import make_engine, now
 from vendor_trust import credentials as credentials_module
 from vendor_trust.credentials import (
     BadCredential,

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from ca.db import make_engine
+from storage.db import make_engine
 from test_credentials import AesGcmSealer
 from test_registry_cli import Parts, make_cli
 from vendor_trust.credentials import Credentials

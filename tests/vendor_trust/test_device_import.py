@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine
 
-from ca.db import make_engine
+from storage.db import make_engine
 from vendor_trust import device_import
 from vendor_trust.db import migrate
 from vendor_trust.device_import import ImportFileError, import_devices

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, update
 
-from ca.db import make_engine, now
+from storage.db import make_engine, now
 from vendor_trust import pins as pins_module
 from vendor_trust.db import migrate
 from vendor_trust.hashing import ScryptCost, verify_secret

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from ca.db import make_engine
+from storage.db import make_engine
 from test_registry_cli import Parts, make_cli
 from vendor_trust.db import migrate
 from vendor_trust.pins import PinRejected, Pins

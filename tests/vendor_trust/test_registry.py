@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine
 
-from ca.db import make_engine
+from storage.db import make_engine
 from vendor_trust import registry as registry_module
 from vendor_trust.db import migrate
 from vendor_trust.registry import (

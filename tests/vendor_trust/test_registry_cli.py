@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine
 
-from ca.db import make_engine
+from storage.db import make_engine
 from vendor_trust.db import migrate
 from vendor_trust.credentials import Credentials
 from vendor_trust.registry import DeviceRegistry

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 
-from ca.db import make_engine
+from storage.db import make_engine
 from vendor_trust.anchors import VendorTrust
 from vendor_trust.db import migrate
 

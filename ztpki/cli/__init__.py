@@ -13,7 +13,7 @@ from ca.issuer import IssuanceError
 from ca.lint import LintError
 from ca.profiles import PolicyViolation, ProfileError
 from ca.revocation import RevocationError
-from ca.db import StoreError
+from storage.db import StoreError
 from hsm import HsmError
 from ztpki.config import ConfigError
 from ztpki.cli.admin import instance_of

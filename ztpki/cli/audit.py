@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import click
 
-from ca.db import format_time
+from storage.db import format_time
 from ra.audit import AuditLog, AuditRecord
 
 from ztpki.cli.admin import GetInstance

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca.csr import load_csr, order_from_csr
-from ca.db import now, parse_serial
+from storage.db import now, parse_serial
 from ca.store import CertificateRecord
 from ztpki.cli.admin import GetInstance, audited, instance_of
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ca.db import now
+from storage.db import now
 from vendor_trust.pins import PinInfo, Pins
 from vendor_trust.registry import DeviceRegistry
 from ztpki.cli.admin import GetInstance, audited

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ca.db import StoreError
+from storage.db import StoreError
 from ra.audit import AuditLog
 from ra.pending import STATUSES, PendingRecord, PendingRequests
 from ra.requests import Issued, Pending, Rejected

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from ca.issuer import UnknownAuthority
 from ca.ocsp import INTERNAL_ERROR, MALFORMED
-from ca.db import NotFound, StoreError
+from storage.db import NotFound, StoreError
 from protocols.cmp import http as cmp_http
 from protocols.est import http as est_http
 from protocols.pki_http import PkiPublication, make_blueprint

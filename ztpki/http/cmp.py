@@ -10,8 +10,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from ca import db
-from ca.db import NotFound
+from storage import db
+from storage.db import NotFound
 from ca.issuer import UnknownAuthority
 from ca.protection_identity import due_for_renewal
 from protocols.cmp.server import CmpServer, RefusalRecord, Route, ServerIdentity

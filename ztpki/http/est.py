@@ -7,7 +7,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from ca import db
+from storage import db
 from ca.issuer import UnknownProfile
 from ca.profiles import Profile
 from protocols.est import codec
