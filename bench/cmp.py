@@ -49,7 +49,6 @@ The server and the temporary directory are removed on exit, Ctrl-C and SIGTERM.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import http.client
 import math
@@ -77,11 +76,12 @@ from harness import (
     MAX_OTHER_LOAD,
     BadAnswer,
     BenchError,
+    CallTimer,
     ClientErrors,
     Server,
     Steps,
-    cprofile_texts,
     describe,
+    import_devices,
     lint_modes,
     open_instance,
     profile_lint,
@@ -89,6 +89,7 @@ from harness import (
     run,
     run_clients,
     say,
+    say_cprofile,
     say_token_sign,
     set_profile_lint,
     store_text,
@@ -317,24 +318,13 @@ def _subject(reference: str) -> Any:
 def register(home: Path, workdir: Path, count: int, tag: str) -> list[tuple[str, str]]:
     """count devices of profile enb (device import, as `ztpki devices import`)
     and one MAC credential each: [(reference, secret)]."""
-    from vendor_trust.device_import import import_devices
-
-    path = workdir / f"devices-{tag}.csv"
     serials = [f"BENCH-{tag}-{i:06d}" for i in range(count)]
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["serial", "vendor", "model", "profile"])
-        for serial in serials:
-            writer.writerow([serial, "acme", "enb-bench", PROFILE])
     instance = open_instance(home, fast_writes=True)
     try:
-        report = import_devices(instance.engine, path)
-        if report.imported != count or report.bad_rows:
-            raise BenchError(f"device import: {report}")
+        import_devices(instance, workdir, serials, "acme", "enb-bench", PROFILE)
         return [instance.credentials.create_mac(device_serial=serial) for serial in serials]
     finally:
         instance.close()
-        path.unlink()
 
 
 def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
@@ -356,30 +346,17 @@ def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
             tid, request = client.cert_request(credential, keys[i % len(keys)], subject=_subject(reference))
             built.append((tid, request, credential))
         steps = Steps()
-        profiler = None
         if profile_steps:
             _instrument(server, instance, steps)
-        if cprofile:
-            import cProfile
-
-            profiler = cProfile.Profile()
+        timed = CallTimer(steps, cprofile)
         handle_s = {"ir": 0.0, "certConf": 0.0}
         cpu_s = 0.0
         each: list[float] = []
         each_cpu: list[float] = []
         for tid, request, credential in built:
-            steps.enabled = True
-            if profiler is not None:
-                profiler.enable()
-            c0, t0 = time.process_time(), time.perf_counter()
-            status, ip, _ = server.handle(request)
-            t1 = time.perf_counter()
-            c1 = time.process_time()
-            if profiler is not None:
-                profiler.disable()
-            steps.enabled = False
-            handle_s["ir"] += t1 - t0
-            cpu_s += c1 - c0
+            (status, ip, _), wall, cpu = timed(server.handle, request)
+            handle_s["ir"] += wall
+            cpu_s += cpu
             if status != 200:
                 raise BenchError(f"in-process ir: HTTP {status}")
             try:
@@ -387,26 +364,15 @@ def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
             except BadAnswer as exc:
                 raise BenchError(f"in-process ir refused: {exc}; {refusal_text(ip)}") from None
             confirm = client.cert_conf(credential, tid, certificate, recip_nonce=nonce)
-            steps.enabled = True
-            if profiler is not None:
-                profiler.enable()
-            c0, t0 = time.process_time(), time.perf_counter()
-            status, answer, _ = server.handle(confirm)
-            t1 = time.perf_counter()
-            c1 = time.process_time()
-            if profiler is not None:
-                profiler.disable()
-            steps.enabled = False
-            handle_s["certConf"] += t1 - t0
-            cpu_s += c1 - c0
+            (status, answer, _), wall, cpu = timed(server.handle, confirm)
+            handle_s["certConf"] += wall
+            cpu_s += cpu
             if status != 200 or not is_pkiconf(answer):
                 raise BenchError(f"in-process certConf refused: {refusal_text(answer)}")
             each.append(handle_s["ir"] + handle_s["certConf"] - sum(each))
             each_cpu.append(cpu_s - sum(each_cpu))
         out: dict[str, Any] = {"count": len(built), "handle_s": handle_s, "cpu_s": cpu_s, "each": each, "each_cpu": each_cpu,
-                               "steps": dict(steps.seconds), "calls": dict(steps.calls)}
-        if profiler is not None:
-            out.update(cprofile_texts(profiler))
+                               "steps": dict(steps.seconds), "calls": dict(steps.calls), **timed.cprofile_texts()}
         return out
     finally:
         instance.close()
@@ -699,13 +665,10 @@ def _print_profile(steps: dict[str, Any], profiled: dict[str, Any]) -> None:
         if value is not None:
             say(f"| ↳ {label} ({steps['calls'].get(key, 0) / count:.1f} per enrolment) | "
                  f"{1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
-    say("")
     pc = profiled["count"]
-    say(f"## cProfile of handle() only, lint off, {pc} enrolments "
-         f"({1e6 * (profiled['handle_s']['ir'] + profiled['handle_s']['certConf']) / pc:,.0f} µs per enrolment under the profiler)")
-    say("")
-    say(profiled["cprofile_cumulative"])
-    say(profiled["cprofile_tottime"])
+    say_cprofile(f"## cProfile of handle() only, lint off, {pc} enrolments "
+                 f"({1e6 * (profiled['handle_s']['ir'] + profiled['handle_s']['certConf']) / pc:,.0f} µs per enrolment "
+                 "under the profiler)", profiled)
 
 
 if __name__ == "__main__":

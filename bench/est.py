@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import dataclasses
 import http.client
 import math
@@ -94,12 +93,13 @@ from harness import (
     MAX_OTHER_LOAD,
     BadAnswer,
     BenchError,
+    CallTimer,
     ClientErrors,
     Server,
     Steps,
-    cprofile_texts,
     describe,
     free_port,
+    import_devices,
     lint_modes,
     open_instance,
     profile_lint,
@@ -107,6 +107,7 @@ from harness import (
     run,
     run_clients,
     say,
+    say_cprofile,
     say_token_sign,
     set_profile_lint,
     store_text,
@@ -318,23 +319,6 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
 
 
 
-def _import(instance: Any, workdir: Path, serials: list[str], vendor: str) -> None:
-    from vendor_trust.device_import import import_devices
-
-    path = workdir / f"devices-{serials[0]}.csv"
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["serial", "vendor", "model", "profile"])
-        for serial in serials:
-            writer.writerow([serial, vendor, "ucpe-bench", PROFILE])
-    try:
-        report = import_devices(instance.engine, path)
-    finally:
-        path.unlink()
-    if report.imported != len(serials) or report.bad_rows:
-        raise BenchError(f"device import: {report}")
-
-
 def register_basic(home: Path, workdir: Path, clients: int, per_client: int, tag: str) -> list[dict[str, Any]]:
     """Per client: per_client devices and one batch password credential
     (no use limit) that covers them."""
@@ -343,7 +327,7 @@ def register_basic(home: Path, workdir: Path, clients: int, per_client: int, tag
         pools = []
         for c in range(clients):
             serials = [f"EST-{tag}-{c:02d}-{i:06d}" for i in range(per_client)]
-            _import(instance, workdir, serials, "acme")
+            import_devices(instance, workdir, serials, "acme", "ucpe-bench", PROFILE)
             user, password = instance.credentials.create_password(batch=f"bench-{tag}-{c:02d}")
             pools.append({"user": user, "password": password, "serials": serials})
         return pools
@@ -362,7 +346,7 @@ def register_tls(home: Path, workdir: Path, clients: int, per_client: int, tag: 
         pools = []
         for c in range(clients):
             serials = [f"EST-{tag}-{c:02d}-{i:06d}" for i in range(per_client)]
-            _import(instance, workdir, serials, VENDOR)
+            import_devices(instance, workdir, serials, VENDOR, "ucpe-bench", PROFILE)
             devices = []
             for serial in serials:
                 files = vendor.idevid(serial)
@@ -453,34 +437,18 @@ def in_process(home: Path, mode: str, pool: dict[str, Any], steps: Any = None, c
                                            over_tls=True, peer="127.0.0.1", user_agent=USER_AGENT))
         if steps is not None:
             _instrument(instance, steps)
-        profiler = None
-        if cprofile:
-            import cProfile
-
-            profiler = cProfile.Profile()
+        timed = CallTimer(steps, cprofile)
         each: list[float] = []
         each_cpu: list[float] = []
         for request in requests:
-            if steps is not None:
-                steps.enabled = True
-            if profiler is not None:
-                profiler.enable()
-            c0, t0 = time.process_time(), time.perf_counter()
-            reply = server.handle(request)
-            t1, c1 = time.perf_counter(), time.process_time()
-            if profiler is not None:
-                profiler.disable()
-            if steps is not None:
-                steps.enabled = False
+            reply, wall, cpu = timed(server.handle, request)
             if reply.status != 200:
                 raise BenchError(f"in-process simpleenroll ({mode}): HTTP {reply.status} {reply.body[:200]!r}")
-            each.append(t1 - t0)
-            each_cpu.append(c1 - c0)
-        out: dict[str, Any] = {"count": len(requests), "each": each, "each_cpu": each_cpu}
+            each.append(wall)
+            each_cpu.append(cpu)
+        out: dict[str, Any] = {"count": len(requests), "each": each, "each_cpu": each_cpu, **timed.cprofile_texts()}
         if steps is not None:
             out["steps"], out["calls"] = dict(steps.seconds), dict(steps.calls)
-        if profiler is not None:
-            out.update(cprofile_texts(profiler))
         return out
     finally:
         instance.close()
@@ -823,13 +791,9 @@ def _print_profile(steps: dict[str, Any], profiled: dict[str, Any]) -> None:
     say(f"| rest (dispatch, evidence, EstRequest → EnrolmentRequest, reply) | {1e6 * (total - top) / count:,.0f} | "
          f"{100 * (total - top) / total:.0f} % |")
     say(f"| **total handle(simpleenroll)** | **{1e6 * total / count:,.0f}** | 100 % |")
-    say("")
     pc = profiled["count"]
-    say(f"## cProfile of handle() only, lint off, Basic auth, {pc} enrolments "
-         f"({1e6 * sum(profiled['each']) / pc:,.0f} µs per enrolment under the profiler)")
-    say("")
-    say(profiled["cprofile_cumulative"])
-    say(profiled["cprofile_tottime"])
+    say_cprofile(f"## cProfile of handle() only, lint off, Basic auth, {pc} enrolments "
+                 f"({1e6 * sum(profiled['each']) / pc:,.0f} µs per enrolment under the profiler)", profiled)
 
 
 if __name__ == "__main__":

@@ -163,16 +163,51 @@ class Steps:
         return timed
 
 
-def cprofile_texts(profiler: Any, top: int = 25) -> dict[str, str]:
-    """cprofile_cumulative and cprofile_tottime: the top functions of a cProfile run."""
-    import pstats
+class CallTimer:
+    """Times calls (wall and CPU seconds) with the step timers enabled and,
+    with cprofile, under cProfile: only these calls are measured, not the
+    work around them (building requests, client checks)."""
 
-    out = {}
-    for order in ("cumulative", "tottime"):
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(top)
-        out[f"cprofile_{order}"] = text.getvalue()
-    return out
+    def __init__(self, steps: Steps | None = None, cprofile: bool = False) -> None:
+        self.steps = steps
+        self.profiler: Any = None
+        if cprofile:
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+        if self.steps is not None:
+            self.steps.enabled = True
+        if self.profiler is not None:
+            self.profiler.enable()
+        c0, t0 = time.process_time(), time.perf_counter()
+        try:
+            return function(*args), time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            if self.profiler is not None:
+                self.profiler.disable()
+            if self.steps is not None:
+                self.steps.enabled = False
+
+    def cprofile_texts(self, top: int = 25) -> dict[str, str]:
+        """cprofile_cumulative and cprofile_tottime: the top functions (none without cprofile)."""
+        import pstats
+
+        out = {}
+        for order in ("cumulative", "tottime") if self.profiler is not None else ():
+            text = io.StringIO()
+            pstats.Stats(self.profiler, stream=text).strip_dirs().sort_stats(order).print_stats(top)
+            out[f"cprofile_{order}"] = text.getvalue()
+        return out
+
+
+def say_cprofile(title: str, profiled: dict[str, Any]) -> None:
+    say("")
+    say(title)
+    say("")
+    say(profiled["cprofile_cumulative"])
+    say(profiled["cprofile_tottime"])
 
 
 # --------------------------------------------------------------------------
@@ -190,6 +225,26 @@ def open_instance(home: Path, fast_writes: bool = False) -> Any:
     if fast_writes and settings.database.startswith("sqlite"):
         settings = dataclasses.replace(settings, sqlite_synchronous="NORMAL")
     return Instance(settings)
+
+
+def import_devices(instance: Any, workdir: Path, serials: list[str], vendor: str, model: str, profile: str) -> None:
+    """The devices, as `ztpki devices import` imports them (a CSV file)."""
+    import csv
+
+    from vendor_trust.device_import import import_devices as import_csv
+
+    path = workdir / f"devices-{serials[0]}.csv"
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["serial", "vendor", "model", "profile"])
+        for serial in serials:
+            writer.writerow([serial, vendor, model, profile])
+    try:
+        report = import_csv(instance.engine, path)
+    finally:
+        path.unlink()
+    if report.imported != len(serials) or report.bad_rows:
+        raise BenchError(f"device import: {report}")
 
 
 def store_text(settings: Any) -> str:
