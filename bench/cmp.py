@@ -33,7 +33,7 @@ clients); GET /health requests/s of the same server with the same clients,
 and the enrolment rate as a share of half of it (an enrolment is two
 requests); CPU per enrolment of the server (gunicorn master + workers, from
 /proc) and of the clients; errors, non-200 answers and refusals; the cores
-other processes kept busy (bench/issuance.py's helpers). Before serving, the
+other processes kept busy (bench/harness.py). Before serving, the
 token's raw EC P-256 signing rate in one process (bench/issuance.py's "raw
 token sign": KeySigner.sign of a real TBSCertificate).
 

@@ -21,7 +21,7 @@ It serves `ztpki serve --workers W --threads T` (T > 1: gthread workers, so
 HTTP/1.1 connections stay open over TLS), once per lint setting of `ucpe`
 (HOME/profiles.toml as `ztpki init` wrote it, and lint = false).
 
-Load: K client processes (bench/cmp.py's run_clients: spawn, one start
+Load: K client processes (bench/harness.py's run_clients: spawn, one start
 signal, server CPU from /proc, other load), each with http.client over an
 ssl context that trusts the instance's root. CSRs (EC P-256, subject
 CN + serialNumber = the device, base64 bodies) are built before the timed
@@ -224,7 +224,7 @@ def full_check(body: bytes, serial: str, key: Any, issuing_pem: str) -> None:
 
 
 def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, results: Any) -> None:
-    """bench/cmp.py's client protocol (built, warm, ready, go, results) for EST."""
+    """bench/harness.py's client protocol (built, warm, ready, go, results; timed_loop) for EST."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     try:
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -559,7 +559,7 @@ def scrypt_cost() -> tuple[str, float]:
 
 def measure(ctx: Any, server: TlsServer, mode: str, clients: int, seconds: float, warmup: float, retries: int,
             root: str, pools: Any = None, renew: Any = None) -> dict[str, Any]:
-    """bench/cmp.py's run_clients with this module's client; the least disturbed of 1 + retries runs."""
+    """bench/harness.py's run_clients with this module's client; the least disturbed of 1 + retries runs."""
     best = None
     for attempt in range(retries + 1):
         if attempt:
