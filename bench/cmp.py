@@ -33,7 +33,7 @@ clients); GET /health requests/s of the same server with the same clients,
 and the enrolment rate as a share of half of it (an enrolment is two
 requests); CPU per enrolment of the server (gunicorn master + workers, from
 /proc) and of the clients; errors, non-200 answers and refusals; the cores
-other processes kept busy (bench/issuance.py's helpers). Before serving, the
+other processes kept busy (bench/harness.py). Before serving, the
 token's raw EC P-256 signing rate in one process (bench/issuance.py's "raw
 token sign": KeySigner.sign of a real TBSCertificate).
 
@@ -49,26 +49,19 @@ The server and the temporary directory are removed on exit, Ctrl-C and SIGTERM.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import http.client
-import io
 import math
 import multiprocessing as mp
 import os
 import platform
-import queue
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import traceback
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +71,36 @@ for entry in (str(REPO), str(BENCH)):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
-# bench/issuance.py: the other load on the machine, the step timer, the raw token signing rate.
-from issuance import _busy_seconds, _Steps, _tree_ticks
-from issuance import measure as measure_token_sign
+# bench/harness.py: the server, the clients' timed loop, CPU accounting, printing.
+from harness import (
+    MAX_OTHER_LOAD,
+    BadAnswer,
+    BenchError,
+    CallTimer,
+    ClientErrors,
+    Server,
+    Steps,
+    describe,
+    import_devices,
+    lint_modes,
+    open_instance,
+    profile_lint,
+    revision,
+    run,
+    run_clients,
+    say,
+    say_cprofile,
+    say_token_sign,
+    set_profile_lint,
+    store_text,
+    timed_loop,
+)
+from issuance import token_sign_rate
 
-ZTPKI = REPO / ".venv" / "bin" / "ztpki"
 PROFILE = "enb"
 CMP_PATH = "/.well-known/cmp"
 CONTENT_TYPE = "application/pkixcmp"
 KEY_POOL = 32  # EC P-256 subject keys per client process
-MAX_OTHER_LOAD = 0.3  # cores; as in issuance.py, a run above it is flagged ⚠
 
 # PKIBody tags (RFC 4210 §5.1.2): [1] ip, [19] pkiconf, [23] error.
 TAG_IP, TAG_PKICONF, TAG_ERROR = 0xA1, 0xB3, 0xB7
@@ -97,9 +110,6 @@ TAG_IP, TAG_PKICONF, TAG_ERROR = 0xA1, 0xB3, 0xB7
 # Client side: DER slicing of the replies (protocols/cmp/der.py)
 # --------------------------------------------------------------------------
 
-
-class BadAnswer(Exception):
-    pass
 
 
 def _top(data: bytes) -> list[Any]:
@@ -227,8 +237,7 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
 
         cpu_start = time.process_time()
         link = Connection(spec["host"], spec["port"])
-        errors: Counter[str] = Counter()
-        samples: list[str] = []
+        error = ClientErrors()
         state = {"verified": False, "next": 0}
         messages: list[tuple[bytes, bytes, Any]] = []
         if spec["mode"] == "cmp":
@@ -239,11 +248,6 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
                 tid, request = client.cert_request(credential, keys[i % KEY_POOL], subject=subject)
                 messages.append((tid, request, credential))
         build_cpu = time.process_time() - cpu_start
-
-        def error(kind: str, text: str = "") -> None:
-            errors[kind] += 1
-            if len(samples) < 3:
-                samples.append(f"{kind}: {text}"[:200])
 
         def enrol() -> bool:
             position = state["next"]
@@ -284,59 +288,19 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
             return True
 
         def forget_warm_up() -> None:
-            errors.clear()
-            samples.clear()
+            error.counts.clear()
+            error.samples.clear()
 
         op = enrol if spec["mode"] == "cmp" else health
         timing = timed_loop(op, spec, link, built, warm, ready, go, after_warmup=forget_warm_up)
         results.put({
             "index": spec["index"], **timing, "build_cpu": build_cpu, "built": len(messages),
-            "errors": dict(errors), "samples": samples, "verified": state["verified"],
+            "errors": dict(error.counts), "samples": error.samples, "verified": state["verified"],
         })
     except BaseException:  # noqa: BLE001  (reported to the parent, which stops the run)
         results.put({"index": spec["index"], "error": traceback.format_exc()})
         built.put(spec["index"])
         ready.put(spec["index"])
-
-
-def timed_loop(op: Any, spec: dict[str, Any], link: Any, built: Any, warm: Any, ready: Any, go: Any,
-               after_warmup: Any = lambda: None) -> dict[str, Any]:
-    """A client's part of run_clients' protocol: say it is built, warm up with
-    op() on the first signal, report ready, run op() from the second signal
-    for spec["seconds"] (op() returns False when its pool is used up).
-    Returns count, elapsed, cpu, exhausted, and the connections and requests
-    `link` made in the timed window; closes `link`."""
-    built.put(spec["index"])
-    if not warm.wait(timeout=900):
-        raise TimeoutError("no warm-up signal")
-    warm_until = time.perf_counter() + spec["warmup"]
-    while time.perf_counter() < warm_until:
-        if not op():
-            break
-    after_warmup()
-    ready.put(spec["index"])
-    if not go.wait(timeout=900):
-        raise TimeoutError("no start signal")
-    opened0, requests0 = link.opened, link.requests
-    count = 0
-    exhausted = False
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    deadline = t0 + spec["seconds"]
-    while True:
-        if not op():
-            exhausted = True
-            break
-        count += 1
-        if time.perf_counter() >= deadline:
-            break
-    elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    link.close()
-    return {
-        "count": count, "elapsed": elapsed, "cpu": cpu, "exhausted": exhausted,
-        "opened": link.opened - opened0, "requests": link.requests - requests0,
-    }
 
 
 def _subject(reference: str) -> Any:
@@ -351,67 +315,16 @@ def _subject(reference: str) -> Any:
 # --------------------------------------------------------------------------
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _open_instance(home: Path, fast_writes: bool = False) -> Any:
-    """The instance; fast_writes: SQLite synchronous NORMAL for this process's
-    setup writes only (the server keeps what ztpki.toml says)."""
-    from ztpki.instance import Instance
-    from ztpki.config import load_settings
-
-    settings = load_settings(home)
-    if fast_writes and settings.database.startswith("sqlite"):
-        settings = dataclasses.replace(settings, sqlite_synchronous="NORMAL")
-    return Instance(settings)
-
-
-def enb_lint(home: Path) -> bool:
-    data = tomllib.loads((home / "profiles.toml").read_text(encoding="utf-8"))
-    return bool(data["profiles"][PROFILE].get("lint", False))
-
-
-def set_enb_lint(home: Path, lint: bool) -> None:
-    import tomli_w
-
-    path = home / "profiles.toml"
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data["profiles"][PROFILE]["lint"] = lint
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
-
-
 def register(home: Path, workdir: Path, count: int, tag: str) -> list[tuple[str, str]]:
     """count devices of profile enb (device import, as `ztpki devices import`)
     and one MAC credential each: [(reference, secret)]."""
-    from vendor_trust.device_import import import_devices
-
-    path = workdir / f"devices-{tag}.csv"
     serials = [f"BENCH-{tag}-{i:06d}" for i in range(count)]
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["serial", "vendor", "model", "profile"])
-        for serial in serials:
-            writer.writerow([serial, "acme", "enb-bench", PROFILE])
-    instance = _open_instance(home, fast_writes=True)
+    instance = open_instance(home, fast_writes=True)
     try:
-        report = import_devices(instance.engine, path)
-        if report.imported != count or report.bad_rows:
-            raise BenchError(f"device import: {report}")
+        import_devices(instance, workdir, serials, "acme", "enb-bench", PROFILE)
         return [instance.credentials.create_mac(device_serial=serial) for serial in serials]
     finally:
         instance.close()
-        path.unlink()
 
 
 def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
@@ -423,7 +336,7 @@ def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
     from protocols.cmp import client
     from ztpki.http.cmp import cmp_server_for
 
-    instance = _open_instance(home)
+    instance = open_instance(home)
     try:
         server = cmp_server_for(instance)
         keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(8)]
@@ -432,31 +345,18 @@ def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
             credential = client.MacCredential(reference, secret.encode())
             tid, request = client.cert_request(credential, keys[i % len(keys)], subject=_subject(reference))
             built.append((tid, request, credential))
-        steps = _Steps()
-        profiler = None
+        steps = Steps()
         if profile_steps:
             _instrument(server, instance, steps)
-        if cprofile:
-            import cProfile
-
-            profiler = cProfile.Profile()
+        timed = CallTimer(steps, cprofile)
         handle_s = {"ir": 0.0, "certConf": 0.0}
         cpu_s = 0.0
         each: list[float] = []
         each_cpu: list[float] = []
         for tid, request, credential in built:
-            steps.enabled = True
-            if profiler is not None:
-                profiler.enable()
-            c0, t0 = time.process_time(), time.perf_counter()
-            status, ip, _ = server.handle(request)
-            t1 = time.perf_counter()
-            c1 = time.process_time()
-            if profiler is not None:
-                profiler.disable()
-            steps.enabled = False
-            handle_s["ir"] += t1 - t0
-            cpu_s += c1 - c0
+            (status, ip, _), wall, cpu = timed(server.handle, request)
+            handle_s["ir"] += wall
+            cpu_s += cpu
             if status != 200:
                 raise BenchError(f"in-process ir: HTTP {status}")
             try:
@@ -464,32 +364,15 @@ def in_process_enrolments(home: Path, credentials: list[tuple[str, str]],
             except BadAnswer as exc:
                 raise BenchError(f"in-process ir refused: {exc}; {refusal_text(ip)}") from None
             confirm = client.cert_conf(credential, tid, certificate, recip_nonce=nonce)
-            steps.enabled = True
-            if profiler is not None:
-                profiler.enable()
-            c0, t0 = time.process_time(), time.perf_counter()
-            status, answer, _ = server.handle(confirm)
-            t1 = time.perf_counter()
-            c1 = time.process_time()
-            if profiler is not None:
-                profiler.disable()
-            steps.enabled = False
-            handle_s["certConf"] += t1 - t0
-            cpu_s += c1 - c0
+            (status, answer, _), wall, cpu = timed(server.handle, confirm)
+            handle_s["certConf"] += wall
+            cpu_s += cpu
             if status != 200 or not is_pkiconf(answer):
                 raise BenchError(f"in-process certConf refused: {refusal_text(answer)}")
             each.append(handle_s["ir"] + handle_s["certConf"] - sum(each))
             each_cpu.append(cpu_s - sum(each_cpu))
         out: dict[str, Any] = {"count": len(built), "handle_s": handle_s, "cpu_s": cpu_s, "each": each, "each_cpu": each_cpu,
-                               "steps": dict(steps.seconds), "calls": dict(steps.calls)}
-        if profiler is not None:
-            import pstats
-
-            for order in ("cumulative", "tottime"):
-                text = io.StringIO()
-                stats = pstats.Stats(profiler, stream=text)
-                stats.strip_dirs().sort_stats(order).print_stats(25)
-                out[f"cprofile_{order}"] = text.getvalue()
+                               "steps": dict(steps.seconds), "calls": dict(steps.calls), **timed.cprofile_texts()}
         return out
     finally:
         instance.close()
@@ -562,27 +445,7 @@ def _instrument(server: Any, instance: Any, steps: Any) -> None:
     server.handle = timed_handle
     unit_of_work = getattr(server, "unit_of_work", None)  # one transaction per request, where the server has it
     if unit_of_work is not None:
-        import contextlib
-
-        @contextlib.contextmanager
-        def timed_unit() -> Any:
-            manager = unit_of_work()
-            manager.__enter__()
-            try:
-                yield
-            except BaseException:
-                if not manager.__exit__(*sys.exc_info()):
-                    raise
-            else:
-                start = time.perf_counter()
-                try:
-                    manager.__exit__(None, None, None)
-                finally:
-                    if steps.enabled:
-                        steps.seconds["unit_commit"] += time.perf_counter() - start
-                        steps.calls["unit_commit"] += 1
-
-        server.unit_of_work = timed_unit
+        server.unit_of_work = steps.timed_unit(unit_of_work)
     from storage import db
 
     if hasattr(db, "commit_point"):
@@ -591,141 +454,6 @@ def _instrument(server: Any, instance: Any, steps: Any) -> None:
     dialect.do_commit = steps.wrap("db_commit", dialect.do_commit)
     dialect.do_execute = steps.wrap("db_execute", dialect.do_execute)
 
-
-def token_sign_rate(ctx: Any, home: Path, seconds: float) -> dict[str, Any]:
-    """bench/issuance.py's raw token sign (KeySigner.sign of a real TBSCertificate), 1 process."""
-    spec = {"home": str(home), "mode": "sign", "seconds": seconds, "lint": False}
-    return measure_token_sign(ctx, spec, 1, 1)
-
-
-class Server:
-    def __init__(self, home: Path, workers: int, log: Path) -> None:
-        self.home, self.workers, self.log = home, workers, log
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(ZTPKI), "--home", str(self.home), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", str(self.workers)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches us, and we stop it
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError("server died:\n" + self.log.read_text(errors="replace")[-3000:])
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200 and len(self.children()) >= self.workers:
-                    conn.close()
-                    return
-                conn.close()
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise BenchError("server did not come up:\n" + self.log.read_text(errors="replace")[-3000:])
-
-    def children(self) -> list[int]:
-        assert self.process is not None
-        return [pid for pid in _tree_ticks(self.process.pid) if pid != self.process.pid]
-
-    def ticks(self) -> dict[int, int]:
-        assert self.process is not None
-        return _tree_ticks(self.process.pid)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def run_clients(ctx: Any, server: Server, mode: str, clients: int, seconds: float, warmup: float,
-                credentials: list[list[tuple[str, str]]] | None = None) -> dict[str, Any]:
-    built, ready, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    warm, go = ctx.Event(), ctx.Event()
-    processes = []
-    for index in range(clients):
-        spec = {"index": index, "host": "127.0.0.1", "port": server.port, "mode": mode, "seconds": seconds,
-                "warmup": warmup, "credentials": credentials[index] if credentials else []}
-        process = ctx.Process(target=_client, args=(spec, built, warm, ready, go, results), daemon=True)
-        process.start()
-        processes.append(process)
-    completed = False
-    try:
-        for _ in range(clients):
-            built.get(timeout=600)
-        warm.set()
-        for _ in range(clients):
-            ready.get(timeout=600)
-        ticks_before = server.ticks()
-        busy_before, wall_before, own_before = _busy_seconds(), time.perf_counter(), time.process_time()
-        go.set()
-        collected = [results.get(timeout=seconds + 600) for _ in range(clients)]
-        busy = _busy_seconds() - busy_before
-        wall = time.perf_counter() - wall_before
-        own = time.process_time() - own_before
-        ticks_after = server.ticks()
-        completed = True
-    except queue.Empty:
-        raise BenchError(f"clients did not report in time ({mode}, {clients} clients)") from None
-    finally:
-        if not completed:  # Ctrl-C, SIGTERM or a failure: stop the clients now
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-        warm.set()
-        go.set()
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=10)
-    failures = [r["error"] for r in collected if "error" in r]
-    if failures:
-        raise BenchError("a client failed:\n" + failures[0])
-    hz = os.sysconf("SC_CLK_TCK")
-    server_cpu = sum(t - ticks_before.get(pid, 0) for pid, t in ticks_after.items()) / hz
-    client_cpu = sum(r["cpu"] for r in collected)
-    count = sum(r["count"] for r in collected)
-    errors: Counter[str] = Counter()
-    for r in collected:
-        errors.update(r["errors"])
-    return {
-        "mode": mode, "clients": clients,
-        "rate": sum(r["count"] / r["elapsed"] for r in collected),
-        "count": count,
-        "server_us": 1e6 * server_cpu / max(count, 1),
-        "client_us": 1e6 * client_cpu / max(count, 1),
-        "build_us": 1e6 * sum(r["build_cpu"] for r in collected) / max(sum(r["built"] for r in collected), 1),
-        "server_cores": server_cpu / wall, "client_cores": client_cpu / wall,
-        "other_cores": max(0.0, (busy - server_cpu - client_cpu - own) / wall),
-        "errors": dict(errors), "samples": [s for r in collected for s in r["samples"]][:3],
-        "exhausted": sum(1 for r in collected if r["exhausted"]),
-        "opened": sum(r["opened"] for r in collected), "requests": sum(r["requests"] for r in collected),
-        "verified": all(r["verified"] for r in collected) if mode == "cmp" else None,
-    }
-
-
-def _describe(result: dict[str, Any], unit: str) -> str:
-    errors = sum(result["errors"].values())
-    text = (f"{result['rate']:8,.1f} {unit}  server {result['server_us']:7,.0f} µs CPU/op "
-            f"({result['server_cores']:.2f} cores)  clients {result['client_us']:5,.0f} µs CPU/op "
-            f"({result['client_cores']:.2f} cores)  other load {result['other_cores']:.2f} cores  "
-            f"connections {result['opened']:,} for {result['requests']:,} requests  errors {errors}")
-    if result["other_cores"] > MAX_OTHER_LOAD:
-        text += " ⚠"
-    if result["exhausted"]:
-        text += f"  ⚠ {result['exhausted']} client(s) ran out of pre-built requests"
-    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -761,13 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     from ztpki.config import RaSettings
     from ztpki.setup_instance import init_instance
 
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    _say(f"# ztpki CMP benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, commit {commit}"
-         f"{' + uncommitted changes' if dirty else ''}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    _say(f"# `ztpki serve --workers {args.workers}`, {seconds:g} s per measurement after {warmup:g} s warm-up, "
+    say(f"# ztpki CMP benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, commit {revision()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    say(f"# `ztpki serve --workers {args.workers}`, {seconds:g} s per measurement after {warmup:g} s warm-up, "
          f"clients {','.join(map(str, client_counts))} (spawn), load average "
          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
@@ -787,34 +511,25 @@ def main(argv: list[str] | None = None) -> int:
             ra=dataclasses.replace(configured.ra, global_limit=1_000_000),
             sqlite_synchronous=args.sqlite_synchronous or configured.sqlite_synchronous,
         ))
-        instance = _open_instance(home)
+        instance = open_instance(home)
         settings = instance.settings
         instance.close()
-        configured_lint = enb_lint(home)
+        configured_lint = profile_lint(home, PROFILE)
         ra = settings.ra
-        _say(f"# instance: EC P-256 CA in its own SoftHSM2 token, store {settings.database.split('://')[0]}"
-             + (f" (synchronous {settings.sqlite_synchronous})" if settings.database.startswith("sqlite") else ""))
-        _say(f"# profile {PROFILE!r}: lint = {str(configured_lint).lower()} in HOME/profiles.toml as `ztpki init` wrote it")
-        _say(f"# rate limits ([ra] in ztpki.toml): global raised to {ra.global_limit} requests/{ra.global_window_seconds} s "
+        say(f"# instance: EC P-256 CA in its own SoftHSM2 token, {store_text(settings)}")
+        say(f"# profile {PROFILE!r}: lint = {str(configured_lint).lower()} in HOME/profiles.toml as `ztpki init` wrote it")
+        say(f"# rate limits ([ra] in ztpki.toml): global raised to {ra.global_limit} requests/{ra.global_window_seconds} s "
              f"(default {RaSettings().global_limit}), {ra.per_device_limit} per device/{ra.per_device_window_seconds} s. "
              f"Every device enrols once (certConf does not count); 'busy' refusals are counted below.")
-        _say("# MAC credentials: one per device, no use limit (create_mac default); PasswordBasedMac, 500 iterations")
+        say("# MAC credentials: one per device, no use limit (create_mac default); PasswordBasedMac, 500 iterations")
 
         sign = token_sign_rate(ctx, home, 1.0 if args.quick else min(seconds, 3.0))
-        _say(f"token: raw KeySigner.sign ({sign['algorithm']}, {sign['message_bytes']} B TBS), 1 process: "
-             f"{sign['rate']:,.0f} sig/s, {sign['cpu_us_per_op']:,.0f} µs CPU/sig (other load {sign['other_cores']:.2f} cores)")
-
-        lint_modes = []
-        for name in args.lint.split(","):
-            value = {"configured": configured_lint, "off": False, "on": True}[name]
-            label = f"lint {'on' if value else 'off'}" + (" (as configured)" if name == "configured" else "")
-            if value not in [v for v, _ in lint_modes]:
-                lint_modes.append((value, label))
+        say_token_sign(sign)
 
         health: dict[int, dict[str, Any]] = {}
         series = 0
-        for lint, label in lint_modes:
-            set_enb_lint(home, lint)
+        for lint, label in lint_modes(args.lint.split(","), configured_lint):
+            set_profile_lint(home, PROFILE, lint)
             # Size the pools: in-process time per enrolment gives an upper bound of the rate.
             calibrate = register(home, tmp, 8, f"c{series}")
             probe = in_process_enrolments(home, calibrate)
@@ -823,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             per_enrolment = statistics.median(probe["each"][2:])
             cpu_per_enrolment = statistics.median(probe["each_cpu"][2:])
             ceiling = min(args.workers / cpu_per_enrolment, float(ra.global_limit))
-            _say(f"\n## {label}: in-process handle(ir)+handle(certConf) {1e3 * per_enrolment:.1f} ms wall, "
+            say(f"\n## {label}: in-process handle(ir)+handle(certConf) {1e3 * per_enrolment:.1f} ms wall, "
                  f"{1e3 * cpu_per_enrolment:.1f} ms CPU (median of {len(probe['each']) - 2}; no HTTP) "
                  f"-> pools sized for up to {1.5 * ceiling:,.0f} enrolments/s")
             pools: dict[int, list[list[tuple[str, str]]]] = {}
@@ -834,17 +549,17 @@ def main(argv: list[str] | None = None) -> int:
                 series += 1
                 every = register(home, tmp, per_client * clients, f"s{series}")
                 pools[clients] = [every[i * per_client:(i + 1) * per_client] for i in range(clients)]
-            _say(f"# registered {sum(len(p) for c in pools.values() for p in c):,} devices + MAC credentials "
+            say(f"# registered {sum(len(p) for c in pools.values() for p in c):,} devices + MAC credentials "
                  f"in {time.perf_counter() - t0:.1f} s")
             server = Server(home, args.workers, tmp / "server.log")
             server.start()
-            _say(f"# server pid {server.process.pid if server.process else '?'}, workers {server.children()}, "
+            say(f"# server pid {server.process.pid if server.process else '?'}, workers {server.children()}, "
                  f"http://127.0.0.1:{server.port}")
             for clients in client_counts:
                 if clients not in health:
                     for attempt in range(args.retries + 1):
-                        again = run_clients(ctx, server, "health", clients, seconds, warmup)
-                        _say(f"GET /health      {clients} client(s): " + _describe(again, "req/s  "))
+                        again = run_clients(ctx, _client, server, "health", clients, seconds, warmup)
+                        say(f"GET /health      {clients} client(s): " + describe(again, "req/s  "))
                         if clients not in health or again["other_cores"] < health[clients]["other_cores"]:
                             health[clients] = again
                         if again["other_cores"] <= MAX_OTHER_LOAD or attempt == args.retries:
@@ -858,29 +573,29 @@ def main(argv: list[str] | None = None) -> int:
                         per_client = len(pools[clients][0])
                         every = register(home, tmp, per_client * clients, f"s{series}")
                         pools[clients] = [every[i * per_client:(i + 1) * per_client] for i in range(clients)]
-                    again = run_clients(ctx, server, "cmp", clients, seconds, warmup, pools[clients])
-                    _say(f"ir+certConf      {clients} client(s): " + _describe(again, "enrol/s"))
+                    again = run_clients(ctx, _client, server, "cmp", clients, seconds, warmup, pools[clients])
+                    say(f"ir+certConf      {clients} client(s): " + describe(again, "enrol/s"))
                     if result is None or again["other_cores"] < result["other_cores"]:
                         result = again
                     if again["other_cores"] <= MAX_OTHER_LOAD:
                         break
                     if attempt < args.retries:
-                        _say("    disturbed by other load: once more, the least disturbed run is kept")
+                        say("    disturbed by other load: once more, the least disturbed run is kept")
                 assert result is not None
                 result["label"] = label
                 result["health"] = health[clients]
                 summary.append(result)
                 for sample in result["samples"]:
-                    _say(f"    e.g. {sample}")
+                    say(f"    e.g. {sample}")
                 if not result["verified"]:
-                    _say("    ⚠ a client never verified an answer with the full decoder")
+                    say("    ⚠ a client never verified an answer with the full decoder")
             server.stop()
             server = None
 
         _print_summary(summary, sign, args.workers, seconds)
 
         if args.profile:
-            set_enb_lint(home, False)
+            set_profile_lint(home, PROFILE, False)
             credentials = register(home, tmp, profile_count + 20, "p")
             in_process_enrolments(home, credentials[:20])  # warm: protection identity, caches
             rest = credentials[20:]
@@ -897,71 +612,64 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_summary(summary: list[dict[str, Any]], sign: dict[str, Any], workers: int, seconds: float) -> None:
-    _say("")
-    _say(f"## CMP ir + certConf over HTTP (`ztpki serve --workers {workers}`, {seconds:g} s per measurement; "
+    say("")
+    say(f"## CMP ir + certConf over HTTP (`ztpki serve --workers {workers}`, {seconds:g} s per measurement; "
          "rates wall-clock, summed over the clients)")
-    _say("")
-    _say("| lint (enb) | clients | enrolments/s | GET /health req/s | share of /health ÷ 2 | "
+    say("")
+    say("| lint (enb) | clients | enrolments/s | GET /health req/s | share of /health ÷ 2 | "
          "server µs CPU/enrolment | server cores busy | client µs CPU/enrolment | errors | other load (cores) |")
-    _say("|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|")
     for r in summary:
         h = r["health"]
         errors = sum(r["errors"].values())
         error_text = str(errors) if not errors else f"{errors}: " + ", ".join(f"{k} {v}" for k, v in r["errors"].items())
         other = max(r["other_cores"], h["other_cores"])
-        _say(f"| {r['label']} | {r['clients']} | {r['rate']:,.1f} | {h['rate']:,.0f} | "
+        say(f"| {r['label']} | {r['clients']} | {r['rate']:,.1f} | {h['rate']:,.0f} | "
              f"{100 * r['rate'] / (h['rate'] / 2):.1f} % | {r['server_us']:,.0f} | {r['server_cores']:.2f} | {r['client_us']:,.0f} | "
              f"{error_text} | {other:.2f}{' ⚠' if other > MAX_OTHER_LOAD else ''} |")
-    _say("")
+    say("")
     if summary:
         r = summary[0]
-        _say(f"Client side: {r['build_us']:,.0f} µs CPU to pre-build one ir (outside the window). "
+        say(f"Client side: {r['build_us']:,.0f} µs CPU to pre-build one ir (outside the window). "
              f"Connections: gunicorn's sync workers close after every response, "
              f"{summary[-1]['opened']:,} connections for {summary[-1]['requests']:,} requests in the last run.")
         per_request = {x["clients"]: x["health"]["server_us"] for x in summary}
-        _say("GET /health server CPU per request: "
+        say("GET /health server CPU per request: "
              + ", ".join(f"{us:,.0f} µs ({c} client{'s' if c > 1 else ''})" for c, us in sorted(per_request.items())))
-    _say(f"Token: {sign['rate']:,.0f} EC P-256 signatures/s in one process ({1e6 / sign['rate']:,.0f} µs each); "
+    say(f"Token: {sign['rate']:,.0f} EC P-256 signatures/s in one process ({1e6 / sign['rate']:,.0f} µs each); "
          "an enrolment makes one token signature (the certificate; replies are MAC-protected).")
 
 
 def _print_profile(steps: dict[str, Any], profiled: dict[str, Any]) -> None:
     count = steps["count"]
     total = steps["handle_s"]["ir"] + steps["handle_s"]["certConf"]
-    _say("")
-    _say(f"## In-process, lint off: {count} enrolments through cmp_server_for(instance).handle "
+    say("")
+    say(f"## In-process, lint off: {count} enrolments through cmp_server_for(instance).handle "
          f"({1e6 * total / count:,.0f} µs wall, {1e6 * steps['cpu_s'] / count:,.0f} µs CPU per enrolment "
          f"with the timers in place; no HTTP, no client work)")
-    _say("")
-    _say("| step | µs/enrolment | share |")
-    _say("|---|---|---|")
+    say("")
+    say("| step | µs/enrolment | share |")
+    say("|---|---|---|")
     for key, label, _parent in STEPS:
         value = steps["steps"].get(key)
         if value is None:
             continue
-        _say(f"| {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
+        say(f"| {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
     top_level = [k for k, _, parent in STEPS if parent is None and not k.startswith("handle_")]
     rest = total - sum(steps["steps"].get(k, 0.0) for k in top_level)
-    _say(f"| rest (route, exchange, body readers, certHash, cert_requests, glue) | {1e6 * rest / count:,.0f} | "
+    say(f"| rest (route, exchange, body readers, certHash, cert_requests, glue) | {1e6 * rest / count:,.0f} | "
          f"{100 * rest / total:.0f} % |")
-    _say(f"| **total handle(ir) + handle(certConf)** | **{1e6 * total / count:,.0f}** | 100 % |")
+    say(f"| **total handle(ir) + handle(certConf)** | **{1e6 * total / count:,.0f}** | 100 % |")
     for key, label in CROSS_STEPS:
         value = steps["steps"].get(key)
         if value is not None:
-            _say(f"| ↳ {label} ({steps['calls'].get(key, 0) / count:.1f} per enrolment) | "
+            say(f"| ↳ {label} ({steps['calls'].get(key, 0) / count:.1f} per enrolment) | "
                  f"{1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
-    _say("")
     pc = profiled["count"]
-    _say(f"## cProfile of handle() only, lint off, {pc} enrolments "
-         f"({1e6 * (profiled['handle_s']['ir'] + profiled['handle_s']['certConf']) / pc:,.0f} µs per enrolment under the profiler)")
-    _say("")
-    _say(profiled["cprofile_cumulative"])
-    _say(profiled["cprofile_tottime"])
+    say_cprofile(f"## cProfile of handle() only, lint off, {pc} enrolments "
+                 f"({1e6 * (profiled['handle_s']['ir'] + profiled['handle_s']['certConf']) / pc:,.0f} µs per enrolment "
+                 "under the profiler)", profiled)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the server and the temporary directory are gone already (finally)
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -21,7 +21,7 @@ It serves `ztpki serve --workers W --threads T` (T > 1: gthread workers, so
 HTTP/1.1 connections stay open over TLS), once per lint setting of `ucpe`
 (HOME/profiles.toml as `ztpki init` wrote it, and lint = false).
 
-Load: K client processes (bench/cmp.py's run_clients: spawn, one start
+Load: K client processes (bench/harness.py's run_clients: spawn, one start
 signal, server CPU from /proc, other load), each with http.client over an
 ssl context that trusts the instance's root. CSRs (EC P-256, subject
 CN + serialNumber = the device, base64 bodies) are built before the timed
@@ -64,10 +64,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import dataclasses
 import http.client
-import io
 import math
 import multiprocessing as mp
 import os
@@ -76,11 +74,9 @@ import shutil
 import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -92,18 +88,33 @@ for entry in (str(REPO), str(BENCH)):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
-import cmp
-from cmp import (
+# bench/harness.py: the server, the clients' timed loop, CPU accounting, printing.
+from harness import (
     MAX_OTHER_LOAD,
-    ZTPKI,
+    BadAnswer,
     BenchError,
+    CallTimer,
+    ClientErrors,
     Server,
-    _free_port,
-    _open_instance,
-    _say,
-    token_sign_rate,
+    Steps,
+    describe,
+    free_port,
+    import_devices,
+    lint_modes,
+    open_instance,
+    profile_lint,
+    revision,
+    run,
+    run_clients,
+    say,
+    say_cprofile,
+    say_token_sign,
+    set_profile_lint,
+    store_text,
+    timed_loop,
+    tree_ticks,
 )
-from issuance import _Steps
+from issuance import token_sign_rate
 
 PROFILE = "ucpe"
 VENDOR_DIR = "vendor"
@@ -201,19 +212,19 @@ def full_check(body: bytes, serial: str, key: Any, issuing_pem: str) -> None:
 
     certificates = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
     if len(certificates) != 1:
-        raise cmp.BadAnswer(f"certs-only with {len(certificates)} certificates")
+        raise BadAnswer(f"certs-only with {len(certificates)} certificates")
     certificate = certificates[0]
     certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(issuing_pem.encode()))
     spki = PublicFormat.SubjectPublicKeyInfo
     if certificate.public_key().public_bytes(Encoding.DER, spki) != key.public_key().public_bytes(Encoding.DER, spki):
-        raise cmp.BadAnswer("the certificate is not for the CSR's key")
+        raise BadAnswer("the certificate is not for the CSR's key")
     names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)]
     if serial not in names and serial not in str(certificate.subject):
-        raise cmp.BadAnswer(f"the certificate does not name {serial}: {certificate.subject.rfc4514_string()}")
+        raise BadAnswer(f"the certificate does not name {serial}: {certificate.subject.rfc4514_string()}")
 
 
 def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, results: Any) -> None:
-    """bench/cmp.py's client protocol (built, warm, ready, go, results) for EST."""
+    """bench/harness.py's client protocol (built, warm, ready, go, results; timed_loop) for EST."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     try:
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -224,8 +235,8 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
         root_pem = data["root"]
         plain_context = _client_context(root_pem)
         link = TlsLink(spec["port"], plain_context, keep=mode in ("health", "basic"))
-        errors: Counter[str] = Counter()
-        samples: list[str] = []
+        error = ClientErrors()
+        errors, samples = error.counts, error.samples
         state = {"verified": False, "next": 0}
         work: list[tuple[str, bytes, Any, ssl.SSLContext | None]] = []  # (serial, CSR body, key, context)
         headers = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64",
@@ -242,11 +253,6 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
                     work.append((serial, _csr(serial, keys[i % KEY_POOL]), keys[i % KEY_POOL],
                                  _client_context(root_pem, cert, key)))
         build_cpu = time.process_time() - cpu_start
-
-        def error(kind: str, text: str = "") -> None:
-            errors[kind] += 1
-            if len(samples) < 3:
-                samples.append(f"{kind}: {text}"[:200])
 
         def enrol() -> bool:
             position = state["next"]
@@ -292,7 +298,7 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
             resumed_before["count"] = link.resumed
 
         op = enrol if mode in ("basic", "tls") else health
-        timing = cmp.timed_loop(op, spec, link, built, warm, ready, go, after_warmup=forget_warm_up)
+        timing = timed_loop(op, spec, link, built, warm, ready, go, after_warmup=forget_warm_up)
         if mode in ("health", "basic"):  # kept alive: the connections were opened in the warm-up
             errors["(info) TLS handshakes incl. warm-up"] += link.opened
         if link.resumed - resumed_before["count"]:
@@ -312,46 +318,16 @@ def _client(spec: dict[str, Any], built: Any, warm: Any, ready: Any, go: Any, re
 # --------------------------------------------------------------------------
 
 
-def ucpe_lint(home: Path) -> bool:
-    data = tomllib.loads((home / "profiles.toml").read_text(encoding="utf-8"))
-    return bool(data["profiles"][PROFILE].get("lint", False))
-
-
-def set_ucpe_lint(home: Path, lint: bool) -> None:
-    import tomli_w
-
-    path = home / "profiles.toml"
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data["profiles"][PROFILE]["lint"] = lint
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
-
-
-def _import(instance: Any, workdir: Path, serials: list[str], vendor: str) -> None:
-    from vendor_trust.device_import import import_devices
-
-    path = workdir / f"devices-{serials[0]}.csv"
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["serial", "vendor", "model", "profile"])
-        for serial in serials:
-            writer.writerow([serial, vendor, "ucpe-bench", PROFILE])
-    try:
-        report = import_devices(instance.engine, path)
-    finally:
-        path.unlink()
-    if report.imported != len(serials) or report.bad_rows:
-        raise BenchError(f"device import: {report}")
-
 
 def register_basic(home: Path, workdir: Path, clients: int, per_client: int, tag: str) -> list[dict[str, Any]]:
     """Per client: per_client devices and one batch password credential
     (no use limit) that covers them."""
-    instance = _open_instance(home, fast_writes=True)
+    instance = open_instance(home, fast_writes=True)
     try:
         pools = []
         for c in range(clients):
             serials = [f"EST-{tag}-{c:02d}-{i:06d}" for i in range(per_client)]
-            _import(instance, workdir, serials, "acme")
+            import_devices(instance, workdir, serials, "acme", "ucpe-bench", PROFILE)
             user, password = instance.credentials.create_password(batch=f"bench-{tag}-{c:02d}")
             pools.append({"user": user, "password": password, "serials": serials})
         return pools
@@ -365,12 +341,12 @@ def register_tls(home: Path, workdir: Path, clients: int, per_client: int, tag: 
     from ztpki.demo.vendor import VENDOR, VendorPki
 
     vendor = VendorPki(workdir / VENDOR_DIR, "Bench Devices")
-    instance = _open_instance(home, fast_writes=True)
+    instance = open_instance(home, fast_writes=True)
     try:
         pools = []
         for c in range(clients):
             serials = [f"EST-{tag}-{c:02d}-{i:06d}" for i in range(per_client)]
-            _import(instance, workdir, serials, VENDOR)
+            import_devices(instance, workdir, serials, VENDOR, "ucpe-bench", PROFILE)
             devices = []
             for serial in serials:
                 files = vendor.idevid(serial)
@@ -386,12 +362,12 @@ def prepare(home: Path, workdir: Path) -> dict[str, Any]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from ztpki.config import load_settings, write_settings
-    from ztpki.demo.vendor import VendorPki, trust_vendor
     from ztpki.demo.est import ensure_tls
+    from ztpki.demo.vendor import VendorPki, trust_vendor
 
-    instance = _open_instance(home)
+    instance = open_instance(home)
     try:
-        tls = ensure_tls(instance, home, _free_port())
+        tls = ensure_tls(instance, home, free_port())
         trust_vendor(instance, VendorPki(workdir / VENDOR_DIR, "Bench Devices").root)
         chain = instance.cas.authority().chain
     finally:
@@ -411,60 +387,21 @@ class TlsServer(Server):
         self.plain_port, self.port = self.port, tls_port
         self.root_pem = root_pem
 
+    def command(self) -> list[str]:
+        plain = super().command()
+        plain[plain.index("--port") + 1] = str(self.plain_port)
+        return [*plain, "--threads", str(self.threads), "--tls-port", str(self.port)]
+
+    def probe(self) -> http.client.HTTPConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=_client_context(self.root_pem))
+
+    def processes_when_up(self) -> int:
+        return 2 + 2 * self.workers  # supervisor → 2 arbiters → W workers each
+
     def ticks(self) -> dict[int, int]:
-        """utime+stime ticks of the whole tree: with [tls] the workers are
-        grandchildren (supervisor → arbiter → worker), which
-        bench/issuance.py's _tree_ticks (one level) does not see."""
+        """With [tls] the workers are grandchildren (supervisor → arbiter → worker)."""
         assert self.process is not None
-        parents: dict[int, int] = {}
-        ticks: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                    text = stat.read()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2 :].split()
-            parents[int(entry)] = int(fields[1])
-            ticks[int(entry)] = int(fields[11]) + int(fields[12])
-        tree = {self.process.pid}
-        grown = True
-        while grown:
-            more = {pid for pid, ppid in parents.items() if ppid in tree and pid not in tree}
-            tree |= more
-            grown = bool(more)
-        return {pid: ticks[pid] for pid in tree if pid in ticks}
-
-    def children(self) -> list[int]:
-        assert self.process is not None
-        return [pid for pid in self.ticks() if pid != self.process.pid]
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(ZTPKI), "--home", str(self.home), "serve", "--host", "127.0.0.1", "--port", str(self.plain_port),
-                 "--workers", str(self.workers), "--threads", str(self.threads), "--tls-port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        context = _client_context(self.root_pem)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError("server died:\n" + self.log.read_text(errors="replace")[-3000:])
-            try:
-                conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=context)
-                conn.request("GET", "/health")
-                # supervisor → 2 arbiters → W workers each
-                if conn.getresponse().status == 200 and len(self.children()) >= 2 + 2 * self.workers:
-                    conn.close()
-                    return
-                conn.close()
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise BenchError("server did not come up:\n" + self.log.read_text(errors="replace")[-3000:])
+        return tree_ticks(self.process.pid, deep=True)
 
 
 # --------------------------------------------------------------------------
@@ -481,7 +418,7 @@ def in_process(home: Path, mode: str, pool: dict[str, Any], steps: Any = None, c
     from protocols.est.server import EstRequest
     from ztpki.http.est import est_server_for
 
-    instance = _open_instance(home)
+    instance = open_instance(home)
     try:
         server = est_server_for(instance)
         keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(8)]
@@ -500,39 +437,18 @@ def in_process(home: Path, mode: str, pool: dict[str, Any], steps: Any = None, c
                                            over_tls=True, peer="127.0.0.1", user_agent=USER_AGENT))
         if steps is not None:
             _instrument(instance, steps)
-        profiler = None
-        if cprofile:
-            import cProfile
-
-            profiler = cProfile.Profile()
+        timed = CallTimer(steps, cprofile)
         each: list[float] = []
         each_cpu: list[float] = []
         for request in requests:
-            if steps is not None:
-                steps.enabled = True
-            if profiler is not None:
-                profiler.enable()
-            c0, t0 = time.process_time(), time.perf_counter()
-            reply = server.handle(request)
-            t1, c1 = time.perf_counter(), time.process_time()
-            if profiler is not None:
-                profiler.disable()
-            if steps is not None:
-                steps.enabled = False
+            reply, wall, cpu = timed(server.handle, request)
             if reply.status != 200:
                 raise BenchError(f"in-process simpleenroll ({mode}): HTTP {reply.status} {reply.body[:200]!r}")
-            each.append(t1 - t0)
-            each_cpu.append(c1 - c0)
-        out: dict[str, Any] = {"count": len(requests), "each": each, "each_cpu": each_cpu}
+            each.append(wall)
+            each_cpu.append(cpu)
+        out: dict[str, Any] = {"count": len(requests), "each": each, "each_cpu": each_cpu, **timed.cprofile_texts()}
         if steps is not None:
             out["steps"], out["calls"] = dict(steps.seconds), dict(steps.calls)
-        if profiler is not None:
-            import pstats
-
-            for order in ("cumulative", "tottime"):
-                text = io.StringIO()
-                pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(25)
-                out[f"cprofile_{order}"] = text.getvalue()
         return out
     finally:
         instance.close()
@@ -557,8 +473,6 @@ STEPS = (
 
 def _instrument(instance: Any, steps: Any) -> None:
     """Wrap what the product's path looks up at call time (module and instance attributes)."""
-    import contextlib
-
     from protocols.est import codec
     from protocols.est import server as est_server
     from vendor_trust import credentials as credentials_module
@@ -579,27 +493,7 @@ def _instrument(instance: Any, steps: Any) -> None:
     # The unit of work's commit (storage.db.unit_of_work, looked up by ztpki/http/est.py at call time).
     from storage import db
 
-    unit = db.unit_of_work
-
-    @contextlib.contextmanager
-    def timed_unit(engine: Any) -> Any:
-        manager = unit(engine)
-        manager.__enter__()
-        try:
-            yield
-        except BaseException:
-            if not manager.__exit__(*sys.exc_info()):
-                raise
-        else:
-            start = time.perf_counter()
-            try:
-                manager.__exit__(None, None, None)
-            finally:
-                if steps.enabled:
-                    steps.seconds["unit_commit"] += time.perf_counter() - start
-                    steps.calls["unit_commit"] += 1
-
-    db.unit_of_work = timed_unit
+    db.unit_of_work = steps.timed_unit(db.unit_of_work)
 
 
 def lock_check(home: Path, workdir: Path, count: int = 10) -> dict[str, float]:
@@ -612,7 +506,7 @@ def lock_check(home: Path, workdir: Path, count: int = 10) -> dict[str, float]:
     from storage import db
 
     pools = register_basic(home, workdir, 2, 1, "lock")
-    instance = _open_instance(home)
+    instance = open_instance(home)
     try:
         credentials = instance.credentials
 
@@ -662,25 +556,10 @@ def scrypt_cost() -> tuple[str, float]:
 # --------------------------------------------------------------------------
 
 
-def _describe(result: dict[str, Any], unit: str) -> str:
-    errors = {k: v for k, v in result["errors"].items() if not k.startswith("(info)")}
-    text = (f"{result['rate']:8,.1f} {unit}  server {result['server_us']:7,.0f} µs CPU/op "
-            f"({result['server_cores']:.2f} cores)  clients {result['client_us']:5,.0f} µs CPU/op "
-            f"({result['client_cores']:.2f} cores)  other load {result['other_cores']:.2f} cores  "
-            f"TLS handshakes in the window {result['opened']:,} for {result['requests']:,} requests  errors {sum(errors.values())}")
-    info = {k: v for k, v in result["errors"].items() if k.startswith("(info)")}
-    if info:
-        text += "  " + ", ".join(f"{k[7:]} {v}" for k, v in info.items())
-    if result["other_cores"] > MAX_OTHER_LOAD:
-        text += " ⚠"
-    if result["exhausted"]:
-        text += f"  ⚠ {result['exhausted']} client(s) ran out of pre-built requests"
-    return text
-
 
 def measure(ctx: Any, server: TlsServer, mode: str, clients: int, seconds: float, warmup: float, retries: int,
             root: str, pools: Any = None, renew: Any = None) -> dict[str, Any]:
-    """bench/cmp.py's run_clients with this module's client; the least disturbed of 1 + retries runs."""
+    """bench/harness.py's run_clients with this module's client; the least disturbed of 1 + retries runs."""
     best = None
     for attempt in range(retries + 1):
         if attempt:
@@ -688,11 +567,11 @@ def measure(ctx: Any, server: TlsServer, mode: str, clients: int, seconds: float
             if renew is not None:  # fresh devices: each one enrols once
                 pools = renew()
         specs = [dict(p, root=root) for p in pools] if pools else [{"root": root}] * clients
-        again = cmp.run_clients(ctx, server, mode, clients, seconds, warmup, specs)
+        again = run_clients(ctx, _client, server, mode, clients, seconds, warmup, specs)
         unit = "enrol/s" if mode in ("basic", "tls") else "req/s  "
-        _say(f"{MODE_TEXT[mode]:<46} {clients} client(s): " + _describe(again, unit))
+        say(f"{MODE_TEXT[mode]:<46} {clients} client(s): " + describe(again, unit, links="TLS handshakes in the window"))
         for sample in again["samples"]:
-            _say(f"    e.g. {sample}")
+            say(f"    e.g. {sample}")
         if best is None or again["other_cores"] < best["other_cores"]:
             best = again
         if again["other_cores"] <= MAX_OTHER_LOAD:
@@ -730,21 +609,15 @@ def main(argv: list[str] | None = None) -> int:
     profile_count = args.profile_count or (60 if args.quick else 200)
     retries = args.retries if args.retries is not None else (0 if args.quick else 1)
     if args.threads < 2:
-        _say("# ⚠ --threads 1: sync workers, which close every connection (no keep-alive)")
-    # bench/cmp.py's run_clients starts the clients with its module's _client; here they run EST.
-    cmp._client = _client
+        say("# ⚠ --threads 1: sync workers, which close every connection (no keep-alive)")
     ctx = mp.get_context("spawn")
 
     from ztpki.config import RaSettings
     from ztpki.setup_instance import init_instance
 
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    _say(f"# ztpki EST benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, "
-         f"commit {commit}{' + uncommitted changes' if dirty else ''}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    _say(f"# `ztpki serve --workers {args.workers} --threads {args.threads}` ({'gthread' if args.threads > 1 else 'sync'}), "
+    say(f"# ztpki EST benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, "
+         f"commit {revision()}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    say(f"# `ztpki serve --workers {args.workers} --threads {args.threads}` ({'gthread' if args.threads > 1 else 'sync'}), "
          f"{seconds:g} s per measurement after {warmup:g} s warm-up, clients {','.join(map(str, client_counts))} "
          f"(spawn), load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
@@ -755,40 +628,31 @@ def main(argv: list[str] | None = None) -> int:
         home = tmp / "home"
         init_instance(home).close()
         facts = prepare(home, tmp)
-        instance = _open_instance(home)
+        instance = open_instance(home)
         settings = instance.settings
         instance.close()
-        configured_lint = ucpe_lint(home)
+        configured_lint = profile_lint(home, PROFILE)
         ra = settings.ra
         cost_text, scrypt_s = scrypt_cost()
-        _say(f"# instance: EC P-256 CA in its own SoftHSM2 token, store {settings.database.split('://')[0]}"
-             + (f" (synchronous {settings.sqlite_synchronous})" if settings.database.startswith("sqlite") else "")
-             + f"; [tls] with a P-256 server certificate issued by the instance (IP 127.0.0.1), port {facts['tls_port']}")
-        _say(f"# profile {PROFILE!r} (unlabelled EST path, device profile): lint = {str(configured_lint).lower()} "
+        say(f"# instance: EC P-256 CA in its own SoftHSM2 token, {store_text(settings)}"
+            f"; [tls] with a P-256 server certificate issued by the instance (IP 127.0.0.1), port {facts['tls_port']}")
+        say(f"# profile {PROFILE!r} (unlabelled EST path, device profile): lint = {str(configured_lint).lower()} "
              "in HOME/profiles.toml as `ztpki init` wrote it")
-        _say(f"# rate limits ([ra]): global raised to {ra.global_limit} requests/{ra.global_window_seconds} s "
+        say(f"# rate limits ([ra]): global raised to {ra.global_limit} requests/{ra.global_window_seconds} s "
              f"(default {RaSettings().global_limit}), {ra.per_device_limit} per device/{ra.per_device_window_seconds} s "
              "(unchanged; every device enrols once)")
-        _say(f"# Basic: one batch password credential per client, no use limit; {cost_text}: "
+        say(f"# Basic: one batch password credential per client, no use limit; {cost_text}: "
              f"{1e3 * scrypt_s:.3f} ms per verify in this process")
-        _say("# TLS client auth: IDevIDs (P-256) under a vendor root the instance trusts; one new connection per enrolment")
+        say("# TLS client auth: IDevIDs (P-256) under a vendor root the instance trusts; one new connection per enrolment")
 
         sign = token_sign_rate(ctx, home, 1.0 if args.quick else min(seconds, 3.0))
-        _say(f"token: raw KeySigner.sign ({sign['algorithm']}, {sign['message_bytes']} B TBS), 1 process: "
-             f"{sign['rate']:,.0f} sig/s, {sign['cpu_us_per_op']:,.0f} µs CPU/sig (other load {sign['other_cores']:.2f} cores)")
-
-        lint_modes: list[tuple[bool, str]] = []
-        for name in lint_names:
-            value = {"configured": configured_lint, "off": False, "on": True}[name]
-            label = f"lint {'on' if value else 'off'}" + (" (as configured)" if name == "configured" else "")
-            if value not in [v for v, _ in lint_modes]:
-                lint_modes.append((value, label))
+        say_token_sign(sign)
 
         register = {"basic": register_basic, "tls": register_tls}
         health: dict[tuple[str, int], dict[str, Any]] = {}
         series = 0
-        for lint, label in lint_modes:
-            set_ucpe_lint(home, lint)
+        for lint, label in lint_modes(lint_names, configured_lint):
+            set_profile_lint(home, PROFILE, lint)
             pools: dict[tuple[str, int], Any] = {}
             sizes: dict[tuple[str, int], int] = {}
             t0 = time.perf_counter()
@@ -799,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = statistics.median(probe["each_cpu"][2:])
                 extra = 0.002 if auth == "tls" else 0.0003  # handshake + HTTP, a guess from below
                 ceiling = min(args.workers / (cpu + extra), float(ra.global_limit))
-                _say(f"\n## {label}, {auth}: in-process handle(simpleenroll) {1e3 * statistics.median(probe['each'][2:]):.1f} ms wall, "
+                say(f"\n## {label}, {auth}: in-process handle(simpleenroll) {1e3 * statistics.median(probe['each'][2:]):.1f} ms wall, "
                      f"{1e3 * cpu:.1f} ms CPU (median of {probe['count'] - 2}; no HTTP, no TLS) -> pools for up to "
                      f"{1.5 * ceiling:,.0f}/s")
                 for clients in client_counts:
@@ -809,10 +673,10 @@ def main(argv: list[str] | None = None) -> int:
                     series += 1
                     sizes[(auth, clients)] = per_client
                     pools[(auth, clients)] = register[auth](home, tmp, clients, per_client, f"s{series}")
-            _say(f"# registered {sum(len(p) * sizes[k] for k, p in pools.items()):,} devices in {time.perf_counter() - t0:.1f} s")
+            say(f"# registered {sum(len(p) * sizes[k] for k, p in pools.items()):,} devices in {time.perf_counter() - t0:.1f} s")
             server = TlsServer(home, args.workers, args.threads, facts["tls_port"], facts["root"], tmp / "server.log")
             server.start()
-            _say(f"# server pid {server.process.pid if server.process else '?'}, processes {len(server.children())}, "
+            say(f"# server pid {server.process.pid if server.process else '?'}, processes {len(server.children())}, "
                  f"https://127.0.0.1:{server.port} (plain http on {server.plain_port})")
             for clients in client_counts:
                 for mode in ("health", "health-new"):
@@ -837,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_summary(summary, sign, args, seconds, scrypt_s, cost_text)
 
         if args.profile:
-            set_ucpe_lint(home, False)
+            set_profile_lint(home, PROFILE, False)
             pool = register_basic(home, tmp, 1, profile_count + 20, "p")[0]
             warm = dict(pool, serials=pool["serials"][:20])
             in_process(home, "basic", warm)
@@ -845,13 +709,13 @@ def main(argv: list[str] | None = None) -> int:
             half = len(rest) // 2
             # cProfile first: the step timers patch module and instance attributes for good.
             profiled = in_process(home, "basic", dict(pool, serials=rest[half:]), cprofile=True)
-            steps = in_process(home, "basic", dict(pool, serials=rest[:half]), steps=_Steps())
+            steps = in_process(home, "basic", dict(pool, serials=rest[:half]), steps=Steps())
             _print_profile(steps, profiled)
             locked = lock_check(home, tmp)
-            _say("")
-            _say("## Do two password checks overlap? (in-process, 10 check_password per thread, wall seconds)")
-            _say("")
-            _say(f"1 thread × 10: {locked['one thread, alone']:.2f} s; 2 threads, alone: {locked['alone']:.2f} s; "
+            say("")
+            say("## Do two password checks overlap? (in-process, 10 check_password per thread, wall seconds)")
+            say("")
+            say(f"1 thread × 10: {locked['one thread, alone']:.2f} s; 2 threads, alone: {locked['alone']:.2f} s; "
                  f"2 threads, each inside db.unit_of_work after a rate-limit counter write (as core.decide): "
                  f"{locked['in a unit after a write']:.2f} s: "
                  + ("as long as 20 checks one after another: serialised on the store's write lock."
@@ -865,14 +729,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_summary(summary: list[dict[str, Any]], sign: dict[str, Any], args: Any, seconds: float,
                    scrypt_s: float, cost_text: str) -> None:
-    _say("")
-    _say(f"## EST simpleenroll over HTTPS (`ztpki serve --workers {args.workers} --threads {args.threads}`, "
+    say("")
+    say(f"## EST simpleenroll over HTTPS (`ztpki serve --workers {args.workers} --threads {args.threads}`, "
          f"{seconds:g} s per measurement; rates wall-clock, summed over the clients)")
-    _say("")
-    _say("| lint (ucpe) | auth | clients | enrolments/s | GET /health keep-alive req/s | ratio | "
+    say("")
+    say("| lint (ucpe) | auth | clients | enrolments/s | GET /health keep-alive req/s | ratio | "
          "GET /health new connection each req/s | ratio | "
          "server µs CPU/enrolment | server cores | client µs CPU/enrolment | TLS handshakes/request | errors | other load |")
-    _say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in summary:
         h = r["health"]
         errors = {k: v for k, v in r["errors"].items() if not k.startswith("(info)")}
@@ -880,18 +744,18 @@ def _print_summary(summary: list[dict[str, Any]], sign: dict[str, Any], args: An
         error_text = str(total) if not total else f"{total}: " + ", ".join(f"{k} {v}" for k, v in errors.items())
         other = max(r["other_cores"], h["other_cores"])
         auth = "Basic (keep-alive)" if r["auth"] == "basic" else "IDevID (new conn.)"
-        _say(f"| {r['label']} | {auth} | {r['clients']} | {r['rate']:,.1f} | {h['rate']:,.0f} | "
+        say(f"| {r['label']} | {auth} | {r['clients']} | {r['rate']:,.1f} | {h['rate']:,.0f} | "
              f"{100 * r['rate'] / h['rate']:.1f} % | {r['health_new']['rate']:,.0f} | {100 * r['rate'] / r['health_new']['rate']:.1f} % | "
              f"{r['server_us']:,.0f} | {r['server_cores']:.2f} | {r['client_us']:,.0f} | "
              f"{r['opened'] / max(r['requests'], 1):.3f} | {error_text} | {other:.2f}{' ⚠' if other > MAX_OTHER_LOAD else ''} |")
-    _say("")
+    say("")
     seen = []
     for r in summary:
         if r["clients"] in seen:
             continue
         seen.append(r["clients"])
         h, n = r["health"], r["health_new"]
-        _say(f"GET /health, {r['clients']} client(s): keep-alive {h['rate']:,.0f} req/s, server {h['server_us']:,.0f} µs CPU/req, "
+        say(f"GET /health, {r['clients']} client(s): keep-alive {h['rate']:,.0f} req/s, server {h['server_us']:,.0f} µs CPU/req, "
              f"clients {h['client_us']:,.0f} µs, {h['opened']:,} TLS handshakes for {h['requests']:,} requests in the window "
              f"({h['errors'].get('(info) TLS handshakes incl. warm-up', 0)} incl. warm-up); "
              f"new TLS connection each: {n['rate']:,.0f} req/s, server {n['server_us']:,.0f} µs CPU/req, "
@@ -900,45 +764,37 @@ def _print_summary(summary: list[dict[str, Any]], sign: dict[str, Any], args: An
     basic = [r for r in summary if r["auth"] == "basic"]
     if basic:
         share = ", ".join(f"{100 * scrypt_s * 1e6 / r['server_us']:.0f} % ({r['label']}, {r['clients']} cl.)" for r in basic)
-        _say(f"Password check: {cost_text}, {1e3 * scrypt_s:.3f} ms per verify (one per Basic enrolment): "
+        say(f"Password check: {cost_text}, {1e3 * scrypt_s:.3f} ms per verify (one per Basic enrolment): "
              f"of the server CPU per Basic enrolment {share}.")
     if summary:
         r = summary[0]
-        _say(f"Client side: {r['build_us']:,.0f} µs CPU to pre-build one request (CSR; for IDevID also its ssl context), outside the window.")
-    _say(f"Token: {sign['rate']:,.0f} EC P-256 signatures/s in one process ({1e6 / sign['rate']:,.0f} µs each); "
+        say(f"Client side: {r['build_us']:,.0f} µs CPU to pre-build one request (CSR; for IDevID also its ssl context), outside the window.")
+    say(f"Token: {sign['rate']:,.0f} EC P-256 signatures/s in one process ({1e6 / sign['rate']:,.0f} µs each); "
          "an enrolment makes one token signature (the certificate).")
 
 
 def _print_profile(steps: dict[str, Any], profiled: dict[str, Any]) -> None:
     count = steps["count"]
     total = sum(steps["each"])
-    _say("")
-    _say(f"## In-process, lint off, Basic auth: {count} simpleenroll through est_server_for(instance).handle "
+    say("")
+    say(f"## In-process, lint off, Basic auth: {count} simpleenroll through est_server_for(instance).handle "
          f"({1e6 * total / count:,.0f} µs wall, {1e6 * sum(steps['each_cpu']) / count:,.0f} µs CPU per enrolment "
          "with the timers in place; no HTTP, no TLS, no client work)")
-    _say("")
-    _say("| step | µs/enrolment | share |")
-    _say("|---|---|---|")
+    say("")
+    say("| step | µs/enrolment | share |")
+    say("|---|---|---|")
     for key, label, _parent in STEPS:
         value = steps["steps"].get(key)
         if value is not None:
-            _say(f"| {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
+            say(f"| {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
     top = sum(steps["steps"].get(k, 0.0) for k, _, parent in STEPS if parent is None)
-    _say(f"| rest (dispatch, evidence, EstRequest → EnrolmentRequest, reply) | {1e6 * (total - top) / count:,.0f} | "
+    say(f"| rest (dispatch, evidence, EstRequest → EnrolmentRequest, reply) | {1e6 * (total - top) / count:,.0f} | "
          f"{100 * (total - top) / total:.0f} % |")
-    _say(f"| **total handle(simpleenroll)** | **{1e6 * total / count:,.0f}** | 100 % |")
-    _say("")
+    say(f"| **total handle(simpleenroll)** | **{1e6 * total / count:,.0f}** | 100 % |")
     pc = profiled["count"]
-    _say(f"## cProfile of handle() only, lint off, Basic auth, {pc} enrolments "
-         f"({1e6 * sum(profiled['each']) / pc:,.0f} µs per enrolment under the profiler)")
-    _say("")
-    _say(profiled["cprofile_cumulative"])
-    _say(profiled["cprofile_tottime"])
+    say_cprofile(f"## cProfile of handle() only, lint off, Basic auth, {pc} enrolments "
+                 f"({1e6 * sum(profiled['each']) / pc:,.0f} µs per enrolment under the profiler)", profiled)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the server and the temporary directory are gone already (finally)
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -52,13 +52,15 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# bench/harness.py: CPU accounting (other load, process trees), the step timer, printing.
+from harness import MAX_OTHER_LOAD, BenchError, Steps, busy_seconds, say, tree_ticks
 
 PROFILE = "server"  # 8 extensions: BC, KU, EKU, SAN, SKI, AKI, CRLDP, AIA
 KEY_POOL = 64
@@ -194,33 +196,12 @@ def _worker(spec: dict[str, Any], ready: Any, go: Any, release: Any, results: An
 # -- the per-step breakdown -------------------------------------------------
 
 
-class _Steps:
-    """A tiny profiler: wall time spent in named calls."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self.enabled = False
-
-    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if not self.enabled:
-                return function(*args, **kwargs)
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - start
-                self.calls[name] += 1
-
-        return timed
-
 
 class _TimedCertificate:
     """Stands in for the x509.Certificate that issuer.py loads after signing, to
     time its verify_directly_issued_by (a method of a Rust type, not patchable)."""
 
-    def __init__(self, inner: Any, steps: _Steps) -> None:
+    def __init__(self, inner: Any, steps: Steps) -> None:
         self._inner = inner
         self._steps = steps
 
@@ -239,7 +220,7 @@ class _TimedCertificate:
 
 
 class _X509Shim:
-    def __init__(self, real: Any, steps: _Steps) -> None:
+    def __init__(self, real: Any, steps: Steps) -> None:
         self._real = real
         self._steps = steps
         self.load_der_x509_certificate_timed = steps.wrap("load_der_x509_certificate", real.load_der_x509_certificate)
@@ -282,7 +263,7 @@ def _breakdown_worker(spec: dict[str, Any], results: Any) -> None:
             cas.authority("issuing")  # loaded (and cached) before the shim goes in
             profile = _profile(cas, spec["lint"])
             orders = _orders(KEY_POOL, f"bd{os.getpid()}")
-            steps = _Steps()
+            steps = Steps()
             # Every call issuer.py makes on the way is looked up at call time
             # (module or instance attribute), so wrapping them here times the
             # product's own code path without copying it.
@@ -473,41 +454,6 @@ def _what_if_store(cas: Any, seconds: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def _busy_seconds() -> float:
-    """CPU seconds spent busy by the whole machine so far (all cores, /proc/stat)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except OSError:
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree_ticks(root_pid: int | None) -> dict[int, int]:
-    """utime+stime clock ticks of a process and its children (the PostgreSQL
-    postmaster and its backends), by pid."""
-    if root_pid is None:
-        return {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                text = stat.read()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        pid, ppid = int(entry), int(fields[1])
-        if pid == root_pid or ppid == root_pid:
-            ticks[pid] = int(fields[11]) + int(fields[12])
-    return ticks
-
 
 def run_parallel(ctx: Any, spec: dict[str, Any], procs: int) -> dict[str, Any]:
     """Run spec in `procs` processes started together; return the summed rate."""
@@ -522,15 +468,15 @@ def run_parallel(ctx: Any, spec: dict[str, Any], procs: int) -> dict[str, Any]:
     try:
         for _ in range(procs):
             ready.get(timeout=300)
-        pg_before = _tree_ticks(spec.get("pg_pid"))
-        busy_before, wall_before = _busy_seconds(), time.perf_counter()
+        pg_before = tree_ticks(spec.get("pg_pid"))
+        busy_before, wall_before = busy_seconds(), time.perf_counter()
         go.set()
         collected = []
         for _ in range(procs):
             collected.append(results.get(timeout=spec["seconds"] + 300))
-        busy = _busy_seconds() - busy_before
+        busy = busy_seconds() - busy_before
         wall = time.perf_counter() - wall_before
-        pg_after = _tree_ticks(spec.get("pg_pid"))
+        pg_after = tree_ticks(spec.get("pg_pid"))
         release.set()
         pg_cpu = sum(t - pg_before.get(pid, 0) for pid, t in pg_after.items()) / os.sysconf("SC_CLK_TCK")
     except queue.Empty:
@@ -556,11 +502,6 @@ def run_parallel(ctx: Any, spec: dict[str, Any], procs: int) -> dict[str, Any]:
     if spec.get("pg_pid"):
         extra["pg_us_per_op"] = 1e6 * pg_cpu / count
     return {"rate": rate, "count": count, "cpu_us_per_op": cpu_us, "other_cores": others, **extra}
-
-
-# A run during which other processes kept more than this many cores busy is
-# run again (at most --retries times); the least disturbed attempt is kept.
-MAX_OTHER_LOAD = 0.3
 
 
 def measure(ctx: Any, spec: dict[str, Any], procs: int, repeat: int, retries: int = 0) -> dict[str, Any]:
@@ -591,6 +532,12 @@ def measure(ctx: Any, spec: dict[str, Any], procs: int, repeat: int, retries: in
     }
 
 
+def token_sign_rate(ctx: Any, home: Path, seconds: float) -> dict[str, Any]:
+    """The raw token sign (KeySigner.sign of a real TBSCertificate) of the instance in home, 1 process."""
+    spec = {"home": str(home), "mode": "sign", "seconds": seconds, "lint": False}
+    return measure(ctx, spec, 1, 1)
+
+
 def run_breakdown(ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
     results = ctx.Queue()
     process = ctx.Process(target=_breakdown_worker, args=(spec, results), daemon=True)
@@ -618,9 +565,6 @@ def _fmt_rate(result: dict[str, Any] | None) -> str:
         text += " ⚠"
     return text
 
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -659,9 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     from ztpki.setup_instance import init_instance
 
     key_types = [KeyType(k) for k in args.key_types.split(",")]
-    _say(f"# ztpki issuance benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+    say(f"# ztpki issuance benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
          f"{seconds:g} s per measurement, {args.repeat} run(s) each, start method {args.start_method}")
-    _say(f"# profile {PROFILE!r}, EC P-256 subject keys (pool of {KEY_POOL} per process)")
+    say(f"# profile {PROFILE!r}, EC P-256 subject keys (pool of {KEY_POOL} per process)")
 
     tmp = Path(tempfile.mkdtemp(prefix="ztpki-bench-"))
     cluster = None
@@ -673,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.insert(0, str(REPO / "tests"))
             from pgcluster import PostgresCluster
 
-            _say("# starting a throwaway PostgreSQL cluster ...")
+            say("# starting a throwaway PostgreSQL cluster ...")
             cluster = PostgresCluster().start()
             pg_pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
 
@@ -695,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             for procs in [] if args.no_sign else proc_counts:
                 spec = {"home": str(home), "mode": "sign", "seconds": seconds, "lint": False}
                 row[f"p{procs}"] = measure(ctx, spec, procs, args.repeat, args.retries)
-                _say(f"{kt:9} raw KeySigner.sign ({row[f'p{procs}']['algorithm']}, "
+                say(f"{kt:9} raw KeySigner.sign ({row[f'p{procs}']['algorithm']}, "
                      f"{row[f'p{procs}']['message_bytes']} B TBS)  {procs} proc: {_fmt_rate(row[f'p{procs}'])} sig/s"
                      f"   (other load {row[f'p{procs}']['other_cores']:.2f} cores)")
             if not args.no_sign:
@@ -719,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                         row[f"p{procs}"] = result
                         pg_note = (f", PostgreSQL server {result['pg_us_per_op']:,.0f} µs CPU/cert"
                                    if "pg_us_per_op" in result else "")
-                        _say(f"{kt:9} issue  {store_name:13} lint {'on ' if lint else 'off'}  {procs} proc: "
+                        say(f"{kt:9} issue  {store_name:13} lint {'on ' if lint else 'off'}  {procs} proc: "
                              f"{_fmt_rate(result)} certs/s   ({result['cpu_us_per_op']:,.0f} µs CPU/cert{pg_note}, "
                              f"other load {result['other_cores']:.2f} cores"
                              + (f", {result['discarded']} disturbed run(s) repeated" if result["discarded"] else "") + ")")
@@ -754,19 +698,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_summary(results: list[dict[str, Any]], breakdowns: list[dict[str, Any]],
                    proc_counts: list[int], seconds: float, repeat: int) -> None:
-    _say("")
+    say("")
     if results:
         _print_rates(results, proc_counts, seconds, repeat)
     _print_breakdowns(breakdowns)
 
 
 def _print_rates(results: list[dict[str, Any]], proc_counts: list[int], seconds: float, repeat: int) -> None:
-    _say(f"## Issuance ({seconds:g} s per measurement, {'median of ' + str(repeat) if repeat > 1 else '1 run'}; "
+    say(f"## Issuance ({seconds:g} s per measurement, {'median of ' + str(repeat) if repeat > 1 else '1 run'}; "
          "rates are wall-clock, summed over processes)")
-    _say("")
+    say("")
     heads = " | ".join(f"{p} proc{'s' if p > 1 else ''}" for p in proc_counts)
-    _say(f"| CA key | what | store | lint | {heads} | µs CPU/op (1 proc) | max other load (cores) |")
-    _say("|---|---|---|---|" + "---|" * len(proc_counts) + "---|---|")
+    say(f"| CA key | what | store | lint | {heads} | µs CPU/op (1 proc) | max other load (cores) |")
+    say("|---|---|---|---|" + "---|" * len(proc_counts) + "---|---|")
     for row in results:
         lint = "–" if row["lint"] is None else ("on" if row["lint"] else "off")
         unit = "sig/s" if row["what"] != "issue" else "certs/s"
@@ -776,15 +720,15 @@ def _print_rates(results: list[dict[str, Any]], proc_counts: list[int], seconds:
         if first and "pg_us_per_op" in first:
             cpu += f" + {first['pg_us_per_op']:,.0f} PostgreSQL"
         others = max((row[f"p{p}"]["other_cores"] for p in proc_counts if row.get(f"p{p}")), default=0.0)
-        _say(f"| {row['key_type']} | {row['what']} ({unit}) | {row['store']} | {lint} | {rates} | {cpu} | {others:.2f} |")
+        say(f"| {row['key_type']} | {row['what']} ({unit}) | {row['store']} | {lint} | {rates} | {cpu} | {others:.2f} |")
 
-    _say("")
-    _say(f"⚠: other processes kept more than {MAX_OTHER_LOAD} cores busy during a run (after --retries); "
+    say("")
+    say(f"⚠: other processes kept more than {MAX_OTHER_LOAD} cores busy during a run (after --retries); "
          "'µs CPU/op' is the CPU time of the benchmark processes per operation (+ the PostgreSQL server's).")
     goal_rows = [r for r in results if r["key_type"] == "ec-p256" and r["what"] == "issue" and r["lint"] is False]
     if goal_rows:
-        _say("")
-        _say(f"Goal: ≥ {GOAL_PER_CORE:,} certificates/s per core, EC P-256 CA key, lint off.")
+        say("")
+        say(f"Goal: ≥ {GOAL_PER_CORE:,} certificates/s per core, EC P-256 CA key, lint off.")
         for row in goal_rows:
             parts = []
             if row.get("p1"):
@@ -795,38 +739,38 @@ def _print_rates(results: list[dict[str, Any]], proc_counts: list[int], seconds:
                 parts.append(f"2 procs {row['p2']['rate']:,.0f}/s = {row['p2']['rate'] / 2:,.0f}/s per core")
             best = max((row[k]["rate"] / int(k[1:]) for k in ("p1", "p2") if row.get(k)), default=0)
             verdict = "met" if best >= GOAL_PER_CORE else "NOT met"
-            _say(f"  {row['store']:13}: " + "; ".join(parts) + f" -> {verdict}")
+            say(f"  {row['store']:13}: " + "; ".join(parts) + f" -> {verdict}")
 
 
 def _print_breakdowns(breakdowns: list[dict[str, Any]]) -> None:
     for out in breakdowns:
         count = out["count"]
         if out.get("cprofile"):
-            _say("")
-            _say(f"## cProfile, {out['key_type']} CA key, SQLite {out['sync']}, lint {'on' if out['lint'] else 'off'}, "
+            say("")
+            say(f"## cProfile, {out['key_type']} CA key, SQLite {out['sync']}, lint {'on' if out['lint'] else 'off'}, "
                  f"1 process ({count} certificates, {count / out['elapsed']:,.0f} certs/s under the profiler)")
-            _say("")
-            _say(out["cprofile"])
+            say("")
+            say(out["cprofile"])
             continue
         total = out["seconds"].get("total", 0.0)
-        _say("")
-        _say(f"## Per-certificate cost, {out['key_type']} CA key, SQLite {out['sync']}, "
+        say("")
+        say(f"## Per-certificate cost, {out['key_type']} CA key, SQLite {out['sync']}, "
              f"lint {'on' if out['lint'] else 'off'}, 1 process "
              f"({count} certificates, {count / out['elapsed']:,.0f} certs/s with the timers in place)")
-        _say("")
-        _say("| step | µs/cert | share |")
-        _say("|---|---|---|")
+        say("")
+        say("| step | µs/cert | share |")
+        say("|---|---|---|")
         accounted = 0.0
         for key, label in BREAKDOWN_STEPS:
             value = out["seconds"].get(key)
             if value is None:
                 continue
             accounted += value
-            _say(f"| {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
+            say(f"| {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
         rest = total - accounted
-        _say(f"| rest of issue() (order checks, describe_general_name, rfc4514_string, DER glue) | "
+        say(f"| rest of issue() (order checks, describe_general_name, rfc4514_string, DER glue) | "
              f"{1e6 * rest / count:,.0f} | {100 * rest / total:.0f} % |")
-        _say(f"| **total issue()** | **{1e6 * total / count:,.0f}** | 100 % |")
+        say(f"| **total issue()** | **{1e6 * total / count:,.0f}** | 100 % |")
         store_total = out["seconds"].get("reserve_serial", 0.0) + out["seconds"].get("complete_issuance", 0.0)
         db_total = 0.0
         for key, label in DB_SUBSTEPS:
@@ -834,23 +778,23 @@ def _print_breakdowns(breakdowns: list[dict[str, Any]]) -> None:
             if value is None:
                 continue
             db_total += value
-            _say(f"| ↳ {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
+            say(f"| ↳ {label} | {1e6 * value / count:,.0f} | {100 * value / total:.0f} % |")
         if store_total:
             overhead = store_total - db_total
-            _say(f"| ↳ of the store steps: SQLAlchemy Core (statement build, cache key, pool, result) | "
+            say(f"| ↳ of the store steps: SQLAlchemy Core (statement build, cache key, pool, result) | "
                  f"{1e6 * overhead / count:,.0f} | {100 * overhead / total:.0f} % |")
         what_if = out.get("what_if") or {}
         if what_if.get("available"):
-            _say("")
-            _say(f"What-if (not the product's code): TBSCertificate via builder.create_unsigned() "
+            say("")
+            say(f"What-if (not the product's code): TBSCertificate via builder.create_unsigned() "
                  f"{what_if['unsigned_us']:,.0f} µs instead of builder.sign(scratch key) "
                  f"{what_if['current_us']:,.0f} µs; identical bytes after the AlgorithmIdentifier swap: "
                  f"{'yes' if what_if['identical'] else 'NO'}")
         store_if = out.get("what_if_store") or {}
         if "error" in store_if:
-            _say(f"What-if store: not measured ({store_if['error']})")
+            say(f"What-if store: not measured ({store_if['error']})")
         elif store_if:
-            _say(f"Store statements (not the product's code, same engine and rows): INSERT + UPDATE transactions "
+            say(f"Store statements (not the product's code, same engine and rows): INSERT + UPDATE transactions "
                  f"with statements built per call {store_if['per_call']:,.0f} µs ({store_if['per_call_cpu']:,.0f} µs CPU), "
                  f"built once and executed with parameters {store_if['prebuilt']:,.0f} µs "
                  f"({store_if['prebuilt_cpu']:,.0f} µs CPU)")

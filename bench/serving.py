@@ -29,6 +29,9 @@ import threading
 import time
 from pathlib import Path
 
+# bench/harness.py; bench/ is sys.path[0] when run as a script.
+from harness import free_port
+
 BIN = Path(sys.executable).parent
 APP = '''from flask import Flask
 app = Flask(__name__)
@@ -48,12 +51,6 @@ def candidates(port: int) -> dict[str, list[str]]:
         "granian WSGI": [str(BIN / "granian"), "--interface", "wsgi", "--workers", "2", "--host", "127.0.0.1",
                          "--port", str(port), "--log-level", "error", "trivial:app"],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_up(port: int, timeout: float = 20) -> None:
