@@ -1,48 +1,18 @@
-"""Instance configuration: HOME/ztpki.toml, written by `ztpki init`.
-
-HOME/
-  ztpki.toml       this file's data
-  profiles.toml    certificate profiles (ca/default_profiles.toml at init)
-  token.pin        the token user PIN (0600), unless the PIN comes from elsewhere
-  softhsm2.conf, tokens/   the instance's own SoftHSM2 token, when no module is configured
-  ztpki.db         the SQLite store, unless `database` names PostgreSQL
-  tls-client-ca.pem  written by `serve` when [tls] has no client_ca: the
-                   anchors a TLS client certificate may chain to
-"""
+"""The tables of ztpki.toml beyond the instance's own: [cmp], [ra], [tls],
+[est] and [maintenance], each a frozen dataclass with its bounds and its
+parser (called by load_settings in ztpki/config/__init__.py)."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import stat
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 from cryptography import x509
 
-from hsm import HsmConfigError, TokenConfig
-
-CONFIG_NAME = "ztpki.toml"
-PIN_ENV = "ZTPKI_TOKEN_PIN"
-DEFAULT_PORT = 8080
-
-
-class ConfigError(ValueError):
-    """The instance home or its configuration is missing or wrong."""
-
-
-@dataclass(frozen=True)
-class TokenSettings:
-    module: str | None = None
-    label: str = "ztpki"
-    uri: str | None = None
-    pin_file: str | None = "token.pin"
-    pin_env: str | None = None
-    softhsm_conf: str | None = None
-
+from ztpki.config.values import ConfigError, typed
 
 # [cmp] bounds: (minimum, maximum) of each integer key.
 CMP_BOUNDS = {
@@ -140,12 +110,12 @@ class RaSettings:
         return dict(vars(self))
 
 
-def _ra_settings(section: dict[str, Any]) -> RaSettings:
+def ra_settings(section: dict[str, Any]) -> RaSettings:
     defaults = RaSettings()
     unknown = set(section) - set(vars(defaults))
     if unknown:
         raise ConfigError(f"[ra] unknown key(s) {', '.join(sorted(unknown))}")
-    values = {key: _typed(section, key, int, default, "ra") for key, default in vars(defaults).items()}
+    values = {key: typed(section, key, int, default, "ra") for key, default in vars(defaults).items()}
     for key, (low, high) in RA_BOUNDS.items():
         if not low <= values[key] <= high:
             raise ConfigError(f"[ra] {key} must be from {low} to {high}")
@@ -238,124 +208,6 @@ class EstSettings:
         }
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    base_url: str
-    default_ca: str
-    database: str
-    token: TokenSettings
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    workers: int = 2
-    # Per client: the wait for its request headers (or its next request on a
-    # kept-alive connection) and for each socket read or write (ztpki/http/worker.py).
-    client_timeout: int = 10
-    max_connections: int = 1000  # per worker process
-    sqlite_synchronous: str = "FULL"
-    crl_validity_hours: int = 24
-    crl_refresh_minutes: int = 60
-    ocsp_validity_minutes: int = 60
-    ocsp_refresh_seconds: int = 300
-    cmp: CmpSettings = field(default_factory=CmpSettings)
-    ra: RaSettings = field(default_factory=RaSettings)
-    tls: TlsSettings | None = None
-    est: EstSettings = field(default_factory=EstSettings)
-    maintenance: MaintenanceSettings = field(default_factory=lambda: MaintenanceSettings())
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def profiles_path(self) -> Path:
-        return self.home / "profiles.toml"
-
-    def database_url(self) -> str:
-        if self.database.startswith("sqlite:///") and not self.database.startswith("sqlite:////"):
-            relative = self.database.removeprefix("sqlite:///")
-            return f"sqlite:///{(self.home / relative).resolve()}"
-        return self.database
-
-    def token_config(self) -> TokenConfig:
-        """The token to open; the PIN from ZTPKI_TOKEN_PIN, pin_env, the URI or pin_file."""
-        t = self.token
-        pin = os.environ.get(PIN_ENV)
-        pin_file = str(self.home / t.pin_file) if t.pin_file else None
-        if pin_file and not Path(pin_file).exists():
-            pin_file = None
-        softhsm_conf = str(self.home / t.softhsm_conf) if t.softhsm_conf else None
-        try:
-            if t.uri:
-                return TokenConfig.from_uri(
-                    t.uri,
-                    module=t.module,
-                    pin=pin,
-                    pin_env=t.pin_env,
-                    pin_file=None if pin else pin_file,
-                    softhsm_conf=softhsm_conf,
-                )
-            if t.module is None:
-                raise ConfigError("no PKCS#11 module configured in [token]")
-            if pin is None and t.pin_env:
-                pin = os.environ.get(t.pin_env)
-            if pin is None and pin_file:
-                pin = Path(pin_file).read_text(encoding="utf-8").strip()
-            if not pin:
-                raise ConfigError(
-                    f"no token PIN: set {PIN_ENV}, or [token] pin_env, or put it in {self.home / 'token.pin'}"
-                )
-            return TokenConfig(
-                module=t.module, token_label=t.label, pin=pin, softhsm_conf=softhsm_conf
-            )
-        except HsmConfigError as exc:
-            raise ConfigError(str(exc)) from None
-
-    def to_toml(self) -> str:
-        token = {k: v for k, v in vars(self.token).items() if v is not None}
-        data = {
-            "instance": {
-                "base_url": self.base_url,
-                "default_ca": self.default_ca,
-                "database": self.database,
-                "sqlite_synchronous": self.sqlite_synchronous,
-            },
-            "token": token,
-            "serve": {
-                "host": self.host,
-                "port": self.port,
-                "workers": self.workers,
-                "client_timeout": self.client_timeout,
-                "max_connections": self.max_connections,
-            },
-            "crl": {
-                "validity_hours": self.crl_validity_hours,
-                "refresh_minutes": self.crl_refresh_minutes,
-            },
-            "ocsp": {
-                "validity_minutes": self.ocsp_validity_minutes,
-                "refresh_seconds": self.ocsp_refresh_seconds,
-            },
-            "cmp": self.cmp.to_table(),
-            "ra": self.ra.to_table(),
-            **({"tls": self.tls.to_table()} if self.tls is not None else {}),
-            "est": self.est.to_table(),
-            "maintenance": vars(self.maintenance),
-            **self.extra,
-        }
-        return tomli_w.dumps(data)
-
-
-def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    return value
-
-
-def _typed(section: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
-    value = section.get(key, default)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"[{where}] {key} must be a {kind.__name__}")
-    return value
-
 
 @dataclass(frozen=True)
 class MaintenanceSettings:
@@ -372,33 +224,21 @@ class MaintenanceSettings:
 _MAINTENANCE_BOUNDS = {"interval_seconds": (1, 3600), "signing_bound_seconds": (5, 86_400)}
 
 
-def _maintenance_settings(section: dict[str, Any]) -> MaintenanceSettings:
+def maintenance_settings(section: dict[str, Any]) -> MaintenanceSettings:
     unknown = set(section) - set(_MAINTENANCE_BOUNDS)
     if unknown:
         raise ConfigError(f"[maintenance] unknown key(s) {', '.join(sorted(unknown))}")
     values: dict[str, int] = {}
     for key, (low, high) in _MAINTENANCE_BOUNDS.items():
-        value = _typed(section, key, int, getattr(MaintenanceSettings(), key), "maintenance")
+        value = typed(section, key, int, getattr(MaintenanceSettings(), key), "maintenance")
         if not low <= value <= high:
             raise ConfigError(f"[maintenance] {key} must be from {low} to {high}")
         values[key] = value
     return MaintenanceSettings(**values)
 
 
-# A client_timeout long enough for a device on a slow cellular link to send its
-# headers, short enough that idle connections cannot pile up for minutes.
-SERVE_BOUNDS = {"client_timeout": (1, 120), "max_connections": (10, 100_000)}
 
-
-def _bounded(section: dict[str, Any], key: str, default: int, bounds: dict[str, tuple[int, int]]) -> int:
-    value: int = _typed(section, key, int, default, "serve")
-    low, high = bounds[key]
-    if not low <= value <= high:
-        raise ConfigError(f"[serve] {key} must be from {low} to {high}")
-    return value
-
-
-def _cmp_settings(section: dict[str, Any], home: Path) -> CmpSettings:
+def cmp_settings(section: dict[str, Any], home: Path) -> CmpSettings:
     defaults = CmpSettings()
     unknown = set(section) - set(vars(defaults))
     if unknown:
@@ -406,7 +246,7 @@ def _cmp_settings(section: dict[str, Any], home: Path) -> CmpSettings:
     values: dict[str, Any] = {}
     for key, default in vars(defaults).items():
         kind = bool if isinstance(default, bool) else int if isinstance(default, int) else str
-        values[key] = _typed(section, key, kind, default, "cmp")
+        values[key] = typed(section, key, kind, default, "cmp")
     for key, (low, high) in CMP_BOUNDS.items():
         if not low <= values[key] <= high:
             raise ConfigError(f"[cmp] {key} must be from {low} to {high}")
@@ -426,7 +266,7 @@ def _port(value: Any, where: str) -> int:
     return value
 
 
-def _tls_settings(section: dict[str, Any] | None, serve_port: int) -> TlsSettings | None:
+def tls_settings(section: dict[str, Any] | None, serve_port: int) -> TlsSettings | None:
     if section is None:
         return None
     if not isinstance(section, dict):
@@ -434,7 +274,7 @@ def _tls_settings(section: dict[str, Any] | None, serve_port: int) -> TlsSetting
     unknown = set(section) - {"certificate", "key", "client_ca", "port"}
     if unknown:
         raise ConfigError(f"[tls] unknown key(s) {', '.join(sorted(unknown))}")
-    certificate = _typed(section, "certificate", str, None, "tls")
+    certificate = typed(section, "certificate", str, None, "tls")
     if not certificate:
         raise ConfigError("[tls] certificate is required (PEM path, relative to HOME)")
     if "port" not in section:
@@ -445,12 +285,12 @@ def _tls_settings(section: dict[str, Any] | None, serve_port: int) -> TlsSetting
     return TlsSettings(
         certificate=certificate,
         port=port,
-        key=_typed(section, "key", str, None, "tls") or None,
-        client_ca=_typed(section, "client_ca", str, None, "tls") or None,
+        key=typed(section, "key", str, None, "tls") or None,
+        client_ca=typed(section, "client_ca", str, None, "tls") or None,
     )
 
 
-def _est_settings(section: dict[str, Any]) -> EstSettings:
+def est_settings(section: dict[str, Any]) -> EstSettings:
     defaults = EstSettings()
     unknown = set(section) - set(vars(defaults))
     if unknown:
@@ -465,71 +305,10 @@ def _est_settings(section: dict[str, Any]) -> EstSettings:
             raise ConfigError(f"[est] trusted_proxies: {entry!r} is not an IP address or network") from None
     headers = {}
     for key in ("client_cert_header", "client_chain_header"):
-        name = _typed(section, key, str, getattr(defaults, key), "est")
+        name = typed(section, key, str, getattr(defaults, key), "est")
         if not name or not set(name) <= _HEADER_NAME:
             raise ConfigError(f"[est] {key}: {name!r} is not an HTTP header name")
         headers[key] = name
     if headers["client_cert_header"].lower() == headers["client_chain_header"].lower():
         raise ConfigError("[est] client_cert_header and client_chain_header must differ")
     return EstSettings(trusted_proxies=tuple(proxies), **headers)
-
-
-def load_settings(home: Path) -> Settings:
-    path = home / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(f"{home} is not a ztpki instance (no {CONFIG_NAME}); run `ztpki init --home {home}`")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    instance = _section(data, "instance")
-    token = _section(data, "token")
-    serve = _section(data, "serve")
-    crl = _section(data, "crl")
-    ocsp = _section(data, "ocsp")
-    cmp = _section(data, "cmp")
-    est = _section(data, "est")
-    known = {"instance", "token", "serve", "crl", "ocsp", "cmp", "ra", "tls", "est", "maintenance"}
-    port = _typed(serve, "port", int, DEFAULT_PORT, "serve")
-    return Settings(
-        home=home.resolve(),
-        base_url=_typed(instance, "base_url", str, f"http://127.0.0.1:{DEFAULT_PORT}", "instance"),
-        default_ca=_typed(instance, "default_ca", str, "issuing", "instance"),
-        database=_typed(instance, "database", str, "sqlite:///ztpki.db", "instance"),
-        sqlite_synchronous=_typed(instance, "sqlite_synchronous", str, "FULL", "instance"),
-        token=TokenSettings(
-            module=_typed(token, "module", str, None, "token"),
-            label=_typed(token, "label", str, "ztpki", "token"),
-            uri=_typed(token, "uri", str, None, "token"),
-            pin_file=_typed(token, "pin_file", str, None, "token"),
-            pin_env=_typed(token, "pin_env", str, None, "token"),
-            softhsm_conf=_typed(token, "softhsm_conf", str, None, "token"),
-        ),
-        host=_typed(serve, "host", str, "127.0.0.1", "serve"),
-        port=port,
-        workers=_typed(serve, "workers", int, 2, "serve"),
-        client_timeout=_bounded(serve, "client_timeout", 10, SERVE_BOUNDS),
-        max_connections=_bounded(serve, "max_connections", 1000, SERVE_BOUNDS),
-        crl_validity_hours=_typed(crl, "validity_hours", int, 24, "crl"),
-        crl_refresh_minutes=_typed(crl, "refresh_minutes", int, 60, "crl"),
-        ocsp_validity_minutes=_typed(ocsp, "validity_minutes", int, 60, "ocsp"),
-        ocsp_refresh_seconds=_typed(ocsp, "refresh_seconds", int, 300, "ocsp"),
-        cmp=_cmp_settings(cmp, home.resolve()),
-        ra=_ra_settings(_section(data, "ra")),
-        tls=_tls_settings(data.get("tls"), port),
-        est=_est_settings(est),
-        maintenance=_maintenance_settings(_section(data, "maintenance")),
-        extra={k: v for k, v in data.items() if k not in known},
-    )
-
-
-def write_settings(settings: Settings) -> None:
-    path = settings.home / CONFIG_NAME
-    path.write_text(settings.to_toml(), encoding="utf-8")
-
-
-def write_secret(path: Path, value: str) -> None:
-    """Create a 0600 file holding a secret (never world-readable, not even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")
